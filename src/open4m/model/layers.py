@@ -1,0 +1,275 @@
+"""Transformer building blocks of 4M: LayerNorm, attention, MLPs, encoder and decoder blocks.
+
+Module and parameter names follow the official implementation so that its checkpoints load
+unchanged (OFFICIAL-4M-SPEC §2.2, §3.3). Attention runs through
+``torch.nn.functional.scaled_dot_product_attention``.
+
+Masks: every ``attn_bias`` below is an *additive* float tensor broadcastable to
+``(B, heads, N_query, N_key)``, ``0`` where attention is allowed and a large negative finite
+number where it is blocked (see :func:`mask_to_bias`). A finite value keeps a row whose keys are
+all blocked uniform instead of NaN, which is what the official ``masked_fill(-finfo.max)`` does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def mask_to_bias(blocked: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Turn a boolean "blocked" mask into an additive attention bias of ``dtype``.
+
+    Args:
+        blocked: bool, True = may not attend; shape broadcastable to ``(B, 1, Nq, Nk)``, or None.
+        dtype: dtype of the attention scores (the bias must match it for SDPA).
+
+    Returns:
+        Float tensor of the same shape (0 / very negative), or None when nothing is blocked.
+    """
+    if blocked is None:
+        return None
+    bias = torch.zeros(blocked.shape, dtype=dtype, device=blocked.device)
+    return bias.masked_fill_(blocked, torch.finfo(dtype).min)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm whose bias can be switched off while keeping the ``bias`` key.
+
+    With ``bias=False`` the bias is a zero *buffer* (so official state dicts, which store it,
+    load strictly); it is skipped in the computation, which changes nothing numerically.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, bias: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.register_buffer("bias", torch.zeros(dim))
+        self.has_bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., D) → (..., D)."""
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias if self.has_bias else None, self.eps)
+
+
+class Mlp(nn.Module):
+    """fc1 → activation → fc2."""
+
+    def __init__(self, dim: int, hidden: int, act_layer: type[nn.Module], bias: bool = True) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class GatedMlp(nn.Module):
+    """Gated feed-forward (SwiGLU with SiLU): ``fc2(act(fc1 x) * fc3 x)``.
+
+    The hidden width is ``int(2 * hidden / 3)`` as in the official code (2048 for dim 768).
+    """
+
+    def __init__(self, dim: int, hidden: int, act_layer: type[nn.Module], bias: bool = True) -> None:
+        super().__init__()
+        hidden = int(2 * hidden / 3)
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.act = act_layer()
+        self.fc3 = nn.Linear(dim, hidden, bias=bias)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)) * self.fc3(x))
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, N, D) → (B, heads, N, D/heads)."""
+    b, n, d = x.shape
+    return x.view(b, n, heads, d // heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, N, hd) → (B, N, heads*hd)."""
+    b, h, n, hd = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * hd)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused ``qkv`` projection and optional QK-norm."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = False,
+        proj_bias: bool = True,
+        qk_norm: bool = False,
+        norm_layer: type[nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        if qk_norm:
+            self.q_norm = norm_layer(dim // num_heads)
+            self.k_norm = norm_layer(dim // num_heads)
+        self.qk_norm = qk_norm
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, N, D), attn_bias broadcastable to (B, H, N, N) → (B, N, D)."""
+        b, n, d = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if attn_bias is not None:
+            attn_bias = attn_bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
+        return self.proj(_merge_heads(out))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention: queries from ``x``, keys/values from ``context``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = False,
+        proj_bias: bool = True,
+        qk_norm: bool = False,
+        norm_layer: type[nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        if qk_norm:
+            self.q_norm = norm_layer(dim // num_heads)
+            self.k_norm = norm_layer(dim // num_heads)
+        self.qk_norm = qk_norm
+
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``context`` (B, M, D), each (B, H, M, D/H); cacheable across decoding steps."""
+        b, m, d = context.shape
+        kv = self.kv(context).view(b, m, 2, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)
+        if self.qk_norm:
+            k = self.k_norm(k)
+        return k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        attn_bias: torch.Tensor | None = None,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """x (B, N, D), context (B, M, D) (or precomputed ``kv``), attn_bias → (B, N, D)."""
+        q = _split_heads(self.q(x), self.num_heads)
+        if self.qk_norm:
+            q = self.q_norm(q)
+        k, v = kv if kv is not None else self.context_kv(context)
+        if attn_bias is not None:
+            attn_bias = attn_bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
+        return self.proj(_merge_heads(out))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity at rate 0 or in eval mode)."""
+
+    def __init__(self, rate: float = 0.0) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+
+def _mlp(dim: int, mlp_ratio: float, act_layer, gated: bool, bias: bool) -> nn.Module:
+    hidden = int(dim * mlp_ratio)
+    return GatedMlp(dim, hidden, act_layer, bias) if gated else Mlp(dim, hidden, act_layer, bias)
+
+
+class Block(nn.Module):
+    """Pre-norm encoder block: ``x += attn(norm1 x); x += mlp(norm2 x)``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        proj_bias: bool = True,
+        mlp_bias: bool = True,
+        drop_path: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
+        norm_layer: type[nn.Module] = LayerNorm,
+        gated_mlp: bool = False,
+        qk_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias, proj_bias, qk_norm, norm_layer)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = norm_layer(dim)
+        self.mlp = _mlp(dim, mlp_ratio, act_layer, gated_mlp, mlp_bias)
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, N, D) → (B, N, D)."""
+        x = x + self.drop_path(self.attn(self.norm1(x), attn_bias))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm decoder block: self-attention, cross-attention to the encoder output, MLP."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        proj_bias: bool = True,
+        mlp_bias: bool = True,
+        drop_path: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
+        norm_layer: type[nn.Module] = LayerNorm,
+        gated_mlp: bool = False,
+        qk_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.self_attn = Attention(dim, num_heads, qkv_bias, proj_bias, qk_norm, norm_layer)
+        self.query_norm = norm_layer(dim)
+        self.context_norm = norm_layer(dim)
+        self.cross_attn = CrossAttention(dim, num_heads, qkv_bias, proj_bias, qk_norm, norm_layer)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = norm_layer(dim)
+        self.mlp = _mlp(dim, mlp_ratio, act_layer, gated_mlp, mlp_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        sa_bias: torch.Tensor | None = None,
+        xa_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, N, D), context (B, M, D) → (B, N, D)."""
+        x = x + self.drop_path(self.self_attn(self.norm1(x), sa_bias))
+        x = x + self.drop_path(self.cross_attn(self.query_norm(x), self.context_norm(context), xa_bias))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
