@@ -16,6 +16,11 @@ from open4m import modalities
 
 # Keys the official FM wrapper deletes unconditionally: a release config always has them.
 REQUIRED_KEYS = ("domains_in", "domains_out", "image_size", "patch_size", "norm_bias", "act_layer")
+# The keys of a released config.json, in their order (OFFICIAL-4M-SPEC §3.2); written always.
+RELEASE_KEYS = (
+    "domains_in", "domains_out", "encoder_depth", "decoder_depth", "dim", "num_heads", "mlp_ratio", "qkv_bias",
+    "proj_bias", "mlp_bias", "norm_bias", "act_layer", "gated_mlp", "image_size", "patch_size",
+)
 # Keys that exist only in open4m; never written to config.json (official code would reject them).
 OPEN4M_ONLY_KEYS = ("tie_decoder_embeddings",)
 
@@ -89,12 +94,15 @@ class FourMConfig:
         return act
 
     def to_official_dict(self) -> dict:
-        """The config.json content: official keys only, in the release order first."""
-        out = {}
+        """The config.json content: the release keys in release order, then any other official
+        ``FourM`` setting that differs from its default (so release-like models get exactly the
+        release key set, which the official ``FM`` and ``FMViT`` accept)."""
+        out = {key: getattr(self, key) for key in RELEASE_KEYS}
         for f in dataclasses.fields(self):
-            if f.name in OPEN4M_ONLY_KEYS or f.name == "unknown":
+            if f.name in out or f.name in OPEN4M_ONLY_KEYS or f.name == "unknown":
                 continue
-            out[f.name] = getattr(self, f.name)
+            if getattr(self, f.name) != f.default:
+                out[f.name] = getattr(self, f.name)
         return out
 
     @classmethod

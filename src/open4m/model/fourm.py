@@ -76,7 +76,6 @@ class FourM(nn.Module):
         c = config
         dim = c.dim
         norm_layer = _norm_layer(c.norm_bias)
-        act_layer = c.activation()
 
         self.encoder_embeddings = nn.ModuleDict(
             {name: encoder_embedding(modalities.get(name), dim) for name in c.domains_in if modalities.get(name).has_encoder}
@@ -90,15 +89,12 @@ class FourM(nn.Module):
 
         total = c.encoder_depth + c.decoder_depth
         if c.shared_drop_path:
-            dpr_enc = torch.linspace(0, c.drop_path_rate_encoder, total)[: c.encoder_depth].tolist()
-            dpr_dec = torch.linspace(0, c.drop_path_rate_decoder, total)[c.encoder_depth :].tolist()
+            dpr_enc = _linspace(c.drop_path_rate_encoder, total)[: c.encoder_depth]
+            dpr_dec = _linspace(c.drop_path_rate_decoder, total)[c.encoder_depth :]
         else:
-            dpr_enc = torch.linspace(0, c.drop_path_rate_encoder, c.encoder_depth).tolist()
-            dpr_dec = torch.linspace(0, c.drop_path_rate_decoder, c.decoder_depth).tolist()
-        block_args = dict(
-            dim=dim, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias, proj_bias=c.proj_bias,
-            mlp_bias=c.mlp_bias, act_layer=act_layer, norm_layer=norm_layer, gated_mlp=c.gated_mlp, qk_norm=c.qk_norm,
-        )
+            dpr_enc = _linspace(c.drop_path_rate_encoder, c.encoder_depth)
+            dpr_dec = _linspace(c.drop_path_rate_decoder, c.decoder_depth)
+        block_args = block_kwargs(c)
         self.encoder = nn.ModuleList([Block(drop_path=dpr_enc[i], **block_args) for i in range(c.encoder_depth)])
         self.encoder_norm = norm_layer(dim)
         self.decoder_proj_context = nn.Linear(dim, dim)
@@ -373,6 +369,20 @@ class FourM(nn.Module):
 
     def unfreeze_all(self) -> None:
         _set_grad([self], True)
+
+
+def block_kwargs(c: FourMConfig) -> dict:
+    """Keyword arguments shared by every encoder and decoder block of a model with config ``c``."""
+    return dict(
+        dim=c.dim, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias, proj_bias=c.proj_bias,
+        mlp_bias=c.mlp_bias, act_layer=c.activation(), norm_layer=_norm_layer(c.norm_bias), gated_mlp=c.gated_mlp,
+        qk_norm=c.qk_norm,
+    )
+
+
+def _linspace(end: float, n: int) -> list[float]:
+    """n evenly spaced stochastic-depth rates from 0 to ``end`` (the usual decay rule)."""
+    return [end * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
 
 
 def _set_grad(modules: list[nn.Module], flag: bool) -> None:

@@ -1,0 +1,227 @@
+"""Behaviour of the 4M model beyond the official fixture: masks, padding, variants, presets, errors."""
+
+import pytest
+import torch
+
+from open4m import modalities
+from open4m.batch import make_batch
+from open4m.model import FourM, FourMConfig, FourMViT, preset, preset_names
+
+IMG = modalities.image_tokens("tok_t@32", 64, 32, 8).name  # 4x4 grid
+IMG2 = modalities.image_tokens("tok_u@32", 48, 32, 8).name
+SEQ = modalities.sequence("seq_t", 100, 10).name  # 22 padded positions
+RGB = modalities.pixels("rgb_t@32", 32, 8).name
+
+
+def small(**kw) -> FourMConfig:
+    args = dict(domains_in=[RGB, IMG, IMG2, SEQ], domains_out=[IMG, IMG2, SEQ], dim=32, num_heads=4,
+                encoder_depth=2, decoder_depth=2)
+    args.update(kw)
+    return FourMConfig(**args)
+
+
+def a_batch(b=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    seq = torch.randint(7, 100, (b, 22), generator=g)
+    return make_batch(
+        {RGB: torch.randn(b, 3, 32, 32, generator=g), IMG: torch.randint(0, 64, (b, 16), generator=g),
+         IMG2: torch.randint(0, 48, (b, 4, 4), generator=g), SEQ: seq},
+        inputs={RGB: [0, 5, 9], IMG: [1, 2, 3], SEQ: list(range(4))},
+        targets={IMG: [4, 6, 7, 8, 15], IMG2: list(range(10)), SEQ: list(range(11, 17))},
+    )
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return FourM(small()).eval()
+
+
+def test_make_batch_layout():
+    batch = a_batch()
+    d = batch[IMG]
+    assert d["input_mask"].shape == (3, 16) and (~d["input_mask"]).sum(1).tolist() == [3, 3, 3]
+    assert d["decoder_attention_mask"][0, 4] == 5 and d["decoder_attention_mask"][0].sum() == 5
+    s = batch[SEQ]
+    assert s["tensor"].shape == (3, 22) and s["tensor"].dtype == torch.int32
+    assert s["decoder_attention_mask"][0, 11:17].tolist() == [1] * 6
+    with pytest.raises(ValueError, match="both an input and a target"):
+        make_batch({IMG: torch.zeros(1, 16, dtype=torch.long)}, inputs={IMG: [1]}, targets={IMG: [1]})
+
+
+def test_losses_independent_of_target_modality_order(model):
+    batch = a_batch()
+    with torch.no_grad():
+        enc = model.embed_encoder(batch, 16)
+        ctx = model.context(model.encode(enc), enc)
+        results = []
+        for order in ([IMG, IMG2, SEQ], [SEQ, IMG2, IMG]):
+            dec = model.embed_decoder(batch, 40, order=order)
+            results.append(model.loss(model.decode(dec, ctx, enc), dec, order)[1])
+    for name in results[0]:
+        torch.testing.assert_close(results[0][name], results[1][name], atol=1e-6, rtol=0)
+
+
+def test_sequence_targets_are_causal_and_modalities_apart(model):
+    """Changing a later caption token or another modality's ids leaves earlier caption predictions unchanged."""
+    batch = a_batch()
+    with torch.no_grad():
+        dec, y = model.forward_decoder_outputs(batch, 16, 40)
+        batch2 = a_batch()
+        batch2[SEQ]["tensor"][:, 15] = 3  # later target token (an input of decoder slot 15)
+        batch2[IMG2]["tensor"] = (batch2[IMG2]["tensor"] + 1) % 48  # another modality's targets
+        dec2, y2 = model.forward_decoder_outputs(batch2, 16, 40)
+    seq_id = modalities.get(SEQ).id
+    rows = (dec.mod_ids == seq_id).nonzero()
+    early = rows[:, 1] < rows[:, 1].min() + 4  # decoder slots for positions 11..14
+    r = rows[early]
+    torch.testing.assert_close(y[r[:, 0], r[:, 1]], y2[r[:, 0], r[:, 1]], atol=1e-6, rtol=0)
+    late = rows[~early]
+    assert not torch.allclose(y[late[:, 0], late[:, 1]], y2[late[:, 0], late[:, 1]])
+
+
+def test_padding_slots_change_nothing(model):
+    batch = a_batch()
+    with torch.no_grad():
+        tight, per_tight = model(batch, num_encoder_tokens=10, num_decoder_tokens=20)
+        loose, per_loose = model(batch, num_encoder_tokens=40, num_decoder_tokens=64)
+    torch.testing.assert_close(tight, loose, atol=1e-6, rtol=0)
+
+
+def test_token_budget_truncates_in_order(model):
+    batch = a_batch()
+    enc = model.embed_encoder(batch, 4)
+    assert (~enc.mask).sum().item() == 4 * 3
+    # batch order: the 3 rgb inputs first, then the first input of the next modality
+    assert (enc.mod_ids[:, :3] == modalities.get(RGB).id).all()
+    assert (enc.mod_ids[:, 3] == modalities.get(IMG).id).all()
+
+
+def test_gradients_and_tied_heads():
+    model = FourM(small(tie_decoder_embeddings=True))
+    loss, _ = model(a_batch(), 16, 40)
+    loss.backward()
+    head = model.decoder_embeddings[SEQ]
+    assert head.to_logits.weight is head.token_emb.weight and head.token_emb.weight.grad is not None
+    assert model.mask_token.grad.abs().sum() > 0
+    assert model.encoder_embeddings[RGB].proj.weight.grad.abs().sum() > 0
+    # the zero-bias LayerNorm buffer never trains
+    assert small(norm_bias=False) and not FourM(small(norm_bias=False)).encoder_norm.bias.requires_grad
+
+
+@pytest.mark.parametrize("variant", [dict(qk_norm=True), dict(num_register_tokens=3), dict(gated_mlp=True, act_layer="SiLU"),
+                                     dict(decoder_causal_mask=True), dict(use_act_checkpoint=True)])
+def test_variants_train(variant):
+    torch.manual_seed(0)
+    model = FourM(small(**variant)).train()
+    loss, per_mod = model(a_batch(), 16, 40)
+    loss.backward()
+    assert torch.isfinite(loss) and set(per_mod) == {IMG, IMG2, SEQ}
+    if variant.get("qk_norm"):
+        assert "encoder.0.attn.q_norm.weight" in model.state_dict()
+        assert "decoder.1.cross_attn.k_norm.weight" in model.state_dict()
+    if variant.get("num_register_tokens"):
+        assert model.register_tokens.grad is not None and model.embed_encoder(a_batch(), 5).mask.shape == (3, 8)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = FourM(small()).train()
+    ckpt = FourM(small(use_act_checkpoint=True)).train()
+    ckpt.load_state_dict(plain.state_dict())
+    for m in (plain, ckpt):
+        m(a_batch(), 16, 40)[0].backward()
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_drop_path_is_stochastic_in_training_only():
+    torch.manual_seed(0)
+    model = FourM(small(drop_path_rate_encoder=0.5, drop_path_rate_decoder=0.5))
+    batch = a_batch()
+    model.train()
+    torch.manual_seed(1)
+    a = model(batch, 16, 40)[0]
+    torch.manual_seed(2)
+    b = model(batch, 16, 40)[0]
+    assert a.item() != b.item()
+    model.eval()
+    assert model(batch, 16, 40)[0].item() == model(batch, 16, 40)[0].item()
+
+
+def test_vit_backbone_equals_the_full_encoder(model):
+    vit = FourMViT.from_fourm(model)
+    image = torch.randn(2, 3, 32, 32)
+    batch = make_batch({RGB: image}, inputs={RGB: "all"})
+    with torch.no_grad():
+        enc = model.embed_encoder(batch, 16)
+        torch.testing.assert_close(vit(image), model.encode(enc), atol=1e-5, rtol=0)
+        assert vit(image, pool=True).shape == (2, 32)
+    with pytest.raises(ValueError, match="expected an image"):
+        vit(torch.randn(2, 3, 16, 16))
+
+
+def test_freezing_helpers():
+    model = FourM(small())
+    model.freeze_encoder()
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert not model.encoder_embeddings[IMG].token_emb.weight.requires_grad
+    assert all(p.requires_grad for p in model.decoder.parameters())
+    model.unfreeze_all()
+    model.freeze_all_but_embeddings([IMG2])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".tok_u@32." in n for n in trainable)
+    with pytest.raises(ValueError, match="no modality"):
+        model.freeze_all_but_embeddings(["tok_nope"])
+
+
+def test_every_preset_builds_with_official_trunk_sizes():
+    trunk = {}
+    for name in preset_names():
+        with torch.device("meta"):
+            m = FourM(preset(name, ["rgb@224", "tok_rgb@224", "caption"], ["tok_rgb@224", "caption"]))
+        trunk[name] = sum(p.numel() for n, p in m.named_parameters() if "_embeddings." not in n)
+    # trunk parameters of the released swiglu_nobias models (OFFICIAL-4M-SPEC §2.1, 3.4)
+    assert trunk["base_swiglu_nobias"] == 198_830_592 or round(trunk["base_swiglu_nobias"] / 1e4) == 19883
+    assert round(trunk["large_swiglu_nobias"] / 1e4) == 70574
+    assert round(trunk["xlarge_swiglu_nobias"] / 1e4) == 282297
+    assert preset("fm_tiny_6e_6d_gelu", ["caption"], ["caption"]) == preset("tiny_gelu", ["caption"], ["caption"])
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("huge_gelu", ["caption"], ["caption"])
+
+
+def test_benchmark_model_size():
+    """The Core benchmark's model: tiny GELU with tied decoder embeddings has 90.25M parameters."""
+    with torch.device("meta"):
+        m = FourM(preset("tiny_gelu", ["rgb@224", "tok_rgb@224", "tok_depth@224", "caption", "det"],
+                         ["tok_rgb@224", "tok_depth@224", "caption", "det"], tie_decoder_embeddings=True))
+    assert round(sum(p.numel() for p in m.parameters()) / 1e4) == 9025
+
+
+# ------------------------------------------------------------------ bad input
+
+def test_bad_batches_get_clear_errors(model):
+    good = a_batch()
+    with pytest.raises(KeyError, match="unknown modality 'tok_nope'"):
+        model({**good, "tok_nope": good[IMG]}, 16, 40)
+    broken = {k: dict(v) for k, v in good.items()}
+    del broken[IMG]["target_mask"]
+    with pytest.raises(ValueError, match=r"'tok_t@32': batch entry is missing \['target_mask'\]"):
+        model(broken, 16, 40)
+    broken = {k: dict(v) for k, v in good.items()}
+    broken[IMG]["tensor"] = broken[IMG]["tensor"] + 64
+    with pytest.raises(ValueError, match=r"'tok_t@32': token ids must lie in \[0, 64\)"):
+        model(broken, 16, 40)
+    broken = {k: dict(v) for k, v in good.items()}
+    broken[RGB]["tensor"] = torch.randn(3, 3, 36, 36)
+    with pytest.raises(ValueError, match="'rgb_t@32': image is 36x36, expected 32x32"):
+        model(broken, 16, 40)
+    broken = {k: dict(v) for k, v in good.items()}
+    broken[IMG]["input_mask"] = broken[IMG]["input_mask"][:, :5]
+    with pytest.raises(ValueError, match=r"input_mask has shape \(3, 5\), expected \(3, 16\)"):
+        model(broken, 16, 40)
+    with pytest.raises(ValueError, match="num_encoder_tokens must be a positive int"):
+        model(good, 0, 40)
+    with pytest.raises(ValueError, match="cannot be predicted"):
+        small(domains_out=[RGB])
