@@ -1,0 +1,145 @@
+"""Model-only training-step benchmark of the Core issue: tiny 4M, batch 8, 128 input + 128 target tokens.
+
+Model: tiny preset, GELU with biases (dim 384, 6+6 layers, 6 heads), inputs {rgb@224, tok_rgb@224,
+tok_depth@224, caption, det}, targets {tok_rgb@224, tok_depth@224, caption, det}, decoder embeddings
+tied (90.25M parameters, as the official trainer builds it), AdamW. Each precision runs in its own
+process so the peak memory (max RSS) belongs to it alone.
+
+Run:  python benchmarks/train_step.py [--steps 12] [--warmup 3] [--precisions fp32,bf16]
+Prints: median step time (forward + backward + optimizer step), tokens/s, peak memory, achieved GFLOP/s
+(FLOPs counted by torch's FlopCounterMode on one step) next to the 2048^3 matmul ceiling measured in
+the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+DOMAINS_IN = ["rgb@224", "tok_rgb@224", "tok_depth@224", "caption", "det"]
+DOMAINS_OUT = ["tok_rgb@224", "tok_depth@224", "caption", "det"]
+# Fixed token budgets per sample (sum 128 each); sequences spend their budget as one span.
+INPUTS = {"rgb@224": 40, "tok_rgb@224": 24, "tok_depth@224": 24, "caption": 20, "det": 20}
+TARGETS = {"tok_rgb@224": 40, "tok_depth@224": 40, "caption": 24, "det": 24}
+BATCH, N_IN, N_OUT = 8, 128, 128
+
+
+def make_batch(seed: int = 0) -> dict:
+    """A batch in the official layout with the budgets above and random positions/ids per sample."""
+    from open4m import modalities
+    from open4m.batch import attention_codes
+
+    g = torch.Generator().manual_seed(seed)
+    batch = {}
+    for name in DOMAINS_IN:
+        mod = modalities.get(name)
+        n = mod.num_positions
+        inp = torch.zeros(BATCH, n, dtype=torch.bool)
+        tgt = torch.zeros(BATCH, n, dtype=torch.bool)
+        if mod.kind == "pixels":
+            tensor = torch.randn(BATCH, 3, mod.image_size, mod.image_size, generator=g)
+        elif mod.kind == "image_tokens":
+            tensor = torch.randint(0, mod.vocab_size, (BATCH, n), generator=g)
+        else:
+            tensor = torch.randint(4300, mod.vocab_size, (BATCH, n), generator=g).to(torch.int32)
+        for b in range(BATCH):
+            if mod.is_image:
+                perm = torch.randperm(n, generator=g)
+                inp[b, perm[: INPUTS[name]]] = True
+                tgt[b, perm[INPUTS[name]: INPUTS[name] + TARGETS.get(name, 0)]] = True
+            else:  # inputs at [0, k), targets at [input budget, ...) as the official layout
+                k = INPUTS[name]
+                inp[b, :k] = True
+                tgt[b, k: k + TARGETS[name] + 1] = True  # +1: a sequence target loses one token to the shift
+        batch[name] = {"tensor": tensor, "input_mask": ~inp, "target_mask": ~tgt,
+                       "decoder_attention_mask": attention_codes(tgt, mod.kind)}
+    return batch
+
+
+def matmul_ceiling(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def run_one(precision: str, steps: int, warmup: int) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from open4m.model import FourM, preset
+
+    torch.manual_seed(0)
+    model = FourM(preset("tiny_gelu", DOMAINS_IN, DOMAINS_OUT, tie_decoder_embeddings=True)).train()
+    params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=True)
+    batch = make_batch()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def step():
+        with autocast:
+            loss, _ = model(batch, N_IN, N_OUT)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    median = statistics.median(times)
+    return {
+        "precision": precision, "params_M": params / 1e6, "step_s": median, "min_s": min(times),
+        "tokens_per_s": BATCH * (N_IN + N_OUT) / median, "gflop_per_step": flops / 1e9,
+        "gflops": flops / median / 1e9, "peak_rss_GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "ceiling_fp32": matmul_ceiling(torch.float32), "ceiling_bf16": matmul_ceiling(torch.bfloat16),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_one(args.child, args.steps, args.warmup)))
+        return
+    rows = []
+    for precision in args.precisions.split(","):
+        out = subprocess.run([sys.executable, __file__, "--child", precision, "--steps", str(args.steps),
+                              "--warmup", str(args.warmup)], capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    r0 = rows[0]
+    print(f"tiny 4M (GELU, tied heads, {r0['params_M']:.2f}M params), batch {BATCH}, {N_IN}+{N_OUT} tokens, "
+          f"AdamW(fused), {r0['threads']} threads, torch {torch.__version__}")
+    print(f"{'precision':9s} | {'median step':>11s} | {'min step':>8s} | {'tokens/s':>8s} | {'peak RSS':>8s} | "
+          f"{'GFLOP/step':>10s} | {'GFLOP/s':>7s} | {'matmul ceiling':>14s} | {'% ceiling':>9s}")
+    for r in rows:
+        ceiling = r["ceiling_bf16"] if r["precision"] == "bf16" else r["ceiling_fp32"]
+        print(f"{r['precision']:9s} | {r['step_s']:10.3f}s | {r['min_s']:7.3f}s | {r['tokens_per_s']:8.0f} | "
+              f"{r['peak_rss_GB']:6.2f}GB | {r['gflop_per_step']:10.1f} | {r['gflops']:7.0f} | "
+              f"{ceiling:9.0f} GF/s | {100 * r['gflops'] / ceiling:8.0f}%")
+
+
+if __name__ == "__main__":
+    main()
