@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from open4m.metadata_schema import WORLD_METADATA, MetadataSchema
 
 COORD_BINS = 1000
-_VALUE = re.compile(r"v([0-9])=([0-9]+)")
+_VALUE = re.compile(r"v([0-9])=(0|[1-9][0-9]{0,4})")
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
@@ -58,9 +58,7 @@ class ParseReport:
 def _value(word: str) -> tuple[int, int] | None:
     """``(axis, value)`` of a value-token word such as ``v2=417``; ``None`` otherwise."""
     m = _VALUE.fullmatch(word)
-    if m is None or len(m.group(2)) > 4:
-        return None
-    return int(m.group(1)), int(m.group(2))
+    return None if m is None else (int(m.group(1)), int(m.group(2)))
 
 
 def _words(text: str, report: ParseReport) -> list[str]:
