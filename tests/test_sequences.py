@@ -12,12 +12,14 @@ from hypothesis import strategies as st
 from open4m.metadata_schema import OFFICIAL_METADATA, WORLD_METADATA, MetadataField, MetadataSchema
 from open4m.sequences import (
     boxes_to_text,
+    from_text,
     metadata_to_chunks,
     metadata_to_text,
     palette_to_text,
     text_to_boxes,
     text_to_metadata,
     text_to_palette,
+    to_text,
 )
 from open4m.text import TextTokenizer
 
@@ -325,3 +327,26 @@ def test_structured_strings_are_single_value_tokens(tokenizers):
         assert [tok.value_of(i) for i in ids[:4]] == [(0, 100), (1, 200), (2, 300), (3, 400)]
         assert tok.id_to_token(ids[4]) == "wine glass"
         assert math.isclose(text_to_metadata(tok.decode(ids[9:]))[0]["brightness"], 255 * 19.5 / 49)
+
+
+def test_to_text_and_from_text_by_modality_name():
+    raw = {
+        "caption": "a red cube left of a sphere",
+        "det": [{"box": [0.1, 0.2, 0.3, 0.4], "class": "cube"}],
+        "color_palette": [[10, 20, 30]],
+        "metadata": {"n_objects": 2, "brightness": 255.0},
+    }
+    for modality, value in raw.items():
+        text = to_text(modality, value)
+        parsed, report = from_text(modality, text + " [EOS] [PAD]", class_names=CLASSES)
+        assert report.ok, (modality, report)
+        if modality == "det":
+            assert parsed == [{"box": [100 / 999, 200 / 999, 300 / 999, 400 / 999], "class": "cube"}]
+        else:
+            assert parsed == value, modality
+    with pytest.raises(ValueError, match="no text serialisation for modality 'tok_rgb@224'"):
+        to_text("tok_rgb@224", [1, 2])
+    with pytest.raises(ValueError, match="caption: expected a str"):
+        to_text("caption", 3)
+    with pytest.raises(ValueError, match="metadata: expected a dict"):
+        to_text("metadata", [1])

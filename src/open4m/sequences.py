@@ -326,9 +326,10 @@ def text_to_metadata(text: str, schema: MetadataSchema | None = None) -> tuple[d
         else:
             chunks[-1].append(w)
     found: dict[str, float] = {}
+    by_type_id = schema.by_type_id
     for chunk in chunks:
         head, value = _value(chunk[0]), _value(chunk[1]) if len(chunk) > 1 else None
-        f = schema.by_type_id.get(head[1]) if head and head[0] == 1 else None
+        f = by_type_id.get(head[1]) if head and head[0] == 1 else None
         if head is None or head[0] != 1:
             report.drop(chunk, "expected v1=<type id>")
         elif f is None:
@@ -344,3 +345,38 @@ def text_to_metadata(text: str, schema: MetadataSchema | None = None) -> tuple[d
     return {f.name: found[f.name] for f in schema.fields if f.name in found}, report
 
 
+
+
+# --------------------------------------------------------------------------------- by modality name
+
+
+def to_text(modality: str, raw: object) -> str:
+    """Serialise one raw value of a text-like modality: ``caption`` (str), ``det`` (boxes),
+    ``color_palette`` (colours) or ``metadata`` (dict, world schema)."""
+    if modality == "caption":
+        if not isinstance(raw, str):
+            raise ValueError(f"caption: expected a str, got {type(raw).__name__}")
+        return raw
+    if modality == "det":
+        return boxes_to_text(raw)  # type: ignore[arg-type]
+    if modality == "color_palette":
+        return palette_to_text(raw)  # type: ignore[arg-type]
+    if modality == "metadata":
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"metadata: expected a dict of numbers, got {type(raw).__name__}")
+        return metadata_to_text(raw)
+    raise ValueError(f"no text serialisation for modality {modality!r}; known: caption, det, color_palette, metadata")
+
+
+def from_text(modality: str, text: str, class_names: Sequence[str] | None = None) -> tuple[object, ParseReport]:
+    """Parse text of a text-like modality back (see :func:`to_text`); never raises for known modalities."""
+    if modality == "caption":
+        report = ParseReport()
+        return " ".join(_words(text, report)), report
+    if modality == "det":
+        return text_to_boxes(text, class_names)
+    if modality == "color_palette":
+        return text_to_palette(text)
+    if modality == "metadata":
+        return text_to_metadata(text)
+    raise ValueError(f"no text serialisation for modality {modality!r}; known: caption, det, color_palette, metadata")
