@@ -195,7 +195,7 @@ def test_trained_layout_matches_official_layout(trained):
     assert [trained.token_to_id(c) for c in WORLD_CLASSES] == list(range(4204, 4204 + len(WORLD_CLASSES)))
     assert trained.class_names == WORLD_CLASSES
     assert N_SPECIALS + len(WORLD_CLASSES) < trained.vocab_size <= 4400
-    data = json.loads(trained._tok.to_str())
+    data = json.loads(trained.to_json())
     flags = {(t["content"], t["id"]): (t["special"], t["single_word"], t["normalized"]) for t in data["added_tokens"]}
     assert flags[("[PAD]", 0)] == (True, False, False)
     assert flags[("[S_7]", 11)] == (True, True, False)
@@ -206,7 +206,7 @@ def test_trained_layout_matches_official_layout(trained):
 def test_trained_pipeline_is_the_official_one(trained):
     if not OFFICIAL_FILE.is_file():
         pytest.skip("official tokenizer fixture absent")
-    mine, theirs = json.loads(trained._tok.to_str()), json.loads(OFFICIAL_FILE.read_text())
+    mine, theirs = json.loads(trained.to_json()), json.loads(OFFICIAL_FILE.read_text())
     for key in ("normalizer", "pre_tokenizer", "post_processor", "decoder"):
         assert mine[key] == theirs[key], key
     assert {k: v for k, v in mine["model"].items() if k != "vocab"} == {

@@ -24,6 +24,7 @@ pre-tokeniser splits on whitespace and punctuation, and no ``[SOS]``/``[EOS]`` i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -182,7 +183,7 @@ class TextTokenizer:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tokenizer.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self._tok.to_str(pretty=True))
+                f.write(self.to_json())
             os.replace(tmp, file)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -229,17 +230,21 @@ class TextTokenizer:
         """Vocabulary entry of one id, or ``None``."""
         return self._tok.id_to_token(int(token_id))
 
-    @property
+    def to_json(self) -> str:
+        """The tokenizer as HF ``tokenizers`` JSON (what :meth:`save` writes)."""
+        return self._tok.to_str(pretty=True)
+
+    @functools.cached_property
     def fingerprint(self) -> str:
         """SHA-256 of the tokenizer's JSON: names exactly which tokenizer produced a set of ids."""
-        return hashlib.sha256(self._tok.to_str().encode("utf-8")).hexdigest()
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
 
-    @property
+    @functools.cached_property
     def class_names(self) -> list[str]:
         """The class-name tokens (normalised added tokens after the value tokens), in id order."""
-        added = json.loads(self._tok.to_str())["added_tokens"]
+        added = self._tok.get_added_tokens_decoder()
         last_value = max(self._value_ids[-1])
-        return [t["content"] for t in sorted(added, key=lambda t: t["id"]) if t["id"] > last_value and t["normalized"]]
+        return [added[i].content for i in sorted(added) if i > last_value and added[i].normalized]
 
     # ----------------------------------------------------------------------------- sentinels
 
