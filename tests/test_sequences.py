@@ -350,3 +350,12 @@ def test_to_text_and_from_text_by_modality_name():
         to_text("caption", 3)
     with pytest.raises(ValueError, match="metadata: expected a dict"):
         to_text("metadata", [1])
+
+
+def test_serialisers_accept_numpy_values():
+    np = pytest.importorskip("numpy")
+    md = {"brightness": np.float32(100.0), "n_objects": np.int64(3), "original_width": np.uint16(640)}
+    assert metadata_to_text(md) == "v1=10 v0=19 v1=7 v0=3 v1=0 v0=20"
+    assert palette_to_text(np.array([[1, 2, 3], [4, 5, 6]], dtype=np.uint8)) == "v1=2 v0=1 v0=2 v0=3 v0=4 v0=5 v0=6"
+    box = {"box": np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32), "class": "cube"}
+    assert boxes_to_text([box]) == "v0=100 v1=200 v2=300 v3=400 cube"
