@@ -78,7 +78,9 @@ def run_one(precision: str, steps: int, warmup: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from open4m.model import FourM, preset
+    from open4m.runtime import tune_allocator
 
+    tune_allocator()
     torch.manual_seed(0)
     model = FourM(preset("tiny_gelu", DOMAINS_IN, DOMAINS_OUT, tie_decoder_embeddings=True)).train()
     params = sum(p.numel() for p in model.parameters())

@@ -4,6 +4,11 @@ Module and parameter names follow the official implementation so that its checkp
 unchanged (OFFICIAL-4M-SPEC §2.2, §3.3). Attention runs through
 ``torch.nn.functional.scaled_dot_product_attention``.
 
+Attention runs through ``scaled_dot_product_attention``, except for reduced-precision inputs on
+the CPU: there, at 4M's sequence lengths (~128-256 tokens), an explicit ``softmax(q k^T) v`` on
+bf16 matrix units was 4x faster than SDPA's CPU kernels for forward + backward (5.9 ms vs 24.8 ms for
+8x6x128x64 in bf16, one thread), while in fp32 the two are within 20%.
+
 Masks: every ``attn_bias`` below is an *additive* float tensor broadcastable to
 ``(B, heads, N_query, N_key)``, ``0`` where attention is allowed and a large negative finite
 number where it is blocked (see :func:`mask_to_bias`). A finite value keeps a row whose keys are
@@ -15,6 +20,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Scaled dot-product attention. q (B, H, N, hd), k/v (B, H, M, hd), bias broadcastable to (B, H, N, M)."""
+    if bias is not None:
+        bias = bias.to(q.dtype)
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        scores = torch.matmul(q, k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+        if bias is not None:
+            scores = scores + bias
+        return torch.matmul(scores.softmax(dim=-1), v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
 def mask_to_bias(blocked: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -128,10 +145,7 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        if attn_bias is not None:
-            attn_bias = attn_bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
-        return self.proj(_merge_heads(out))
+        return self.proj(_merge_heads(attention(q, k, v, attn_bias)))
 
 
 class CrossAttention(nn.Module):
@@ -179,10 +193,7 @@ class CrossAttention(nn.Module):
         if self.qk_norm:
             q = self.q_norm(q)
         k, v = kv if kv is not None else self.context_kv(context)
-        if attn_bias is not None:
-            attn_bias = attn_bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
-        return self.proj(_merge_heads(out))
+        return self.proj(_merge_heads(attention(q, k, v, attn_bias)))
 
 
 class DropPath(nn.Module):
