@@ -225,9 +225,10 @@ def _world_normals(scene: Scene, label_hit: np.ndarray, px, py, pz) -> list[np.n
             continue
         lnx, lny, lnz = normal_local(obj, *_to_local(obj, px[sel], py[sel], pz[sel]))
         cos, sin = _yaw(obj)
-        normals[0][sel] = cos * lnx + sin * lnz
-        normals[1][sel] = lny
-        normals[2][sel] = -sin * lnx + cos * lnz
+        inv = 1.0 / np.sqrt(lnx * lnx + lny * lny + lnz * lnz)
+        normals[0][sel] = (cos * lnx + sin * lnz) * inv
+        normals[1][sel] = lny * inv
+        normals[2][sel] = (-sin * lnx + cos * lnz) * inv
     return normals
 
 
