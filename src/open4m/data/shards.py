@@ -152,10 +152,20 @@ def iter_shard(path: str | Path) -> Iterator[dict]:
                         yield current
                     current = {"__key__": key}
                 current[ext] = decode_member(ext, tar.extractfile(info).read())
+            _check_end_of_archive(path, tar.offset)
     except (tarfile.TarError, EOFError, OSError) as err:
         raise ValueError(f"shard {path} is truncated or not a tar file: {err}") from err
     if current is not None:
         yield current
+
+
+def _check_end_of_archive(path: Path, offset: int) -> None:
+    """A complete tar ends with two zero blocks; tarfile stops silently when a file is cut between members."""
+    with open(path, "rb") as file:
+        file.seek(offset)
+        marker = file.read(2 * tarfile.BLOCKSIZE)
+    if len(marker) < 2 * tarfile.BLOCKSIZE or marker.strip(b"\0"):
+        raise ValueError(f"shard {path} is truncated: no end-of-archive marker after the last member")
 
 
 def shard_keys(path: str | Path) -> list[str]:
@@ -163,6 +173,7 @@ def shard_keys(path: str | Path) -> list[str]:
     try:
         with tarfile.open(path, mode="r") as tar:
             names = [info.name.partition(".")[0] for info in tar if info.isfile()]
+            _check_end_of_archive(Path(path), tar.offset)
     except (tarfile.TarError, EOFError) as err:
         raise ValueError(f"shard {path} is truncated or not a tar file: {err}") from err
     return list(dict.fromkeys(names))
