@@ -77,16 +77,15 @@ def color_palette(rgb: np.ndarray, max_colors: int) -> list[list[int]]:
     Pixels are grouped into ``PALETTE_LEVELS^3`` colour bins; each bin covering at least
     ``PALETTE_MIN_SHARE`` of the image (and always the largest) gives the mean colour of its pixels.
     """
-    pixels = rgb.reshape(-1, 3).astype(np.int64)
-    bins = (pixels * PALETTE_LEVELS // 256) @ np.array([PALETTE_LEVELS**2, PALETTE_LEVELS, 1])
+    pixels = rgb.reshape(-1, 3)
+    step = 256 // PALETTE_LEVELS
+    q = pixels // step
+    bins = (q[:, 0].astype(np.intp) * PALETTE_LEVELS + q[:, 1]) * PALETTE_LEVELS + q[:, 2]
     counts = np.bincount(bins, minlength=PALETTE_LEVELS**3)
+    sums = [np.bincount(bins, weights=pixels[:, c], minlength=PALETTE_LEVELS**3) for c in range(3)]
     order = np.argsort(-counts, kind="stable")
     keep = [int(b) for b in order[:max_colors] if counts[b] >= PALETTE_MIN_SHARE * len(pixels)] or [int(order[0])]
-    palette = []
-    for b in keep:
-        mean = pixels[bins == b].sum(axis=0) / counts[b]
-        palette.append([int(v) for v in np.floor(mean + 0.5)])
-    return palette
+    return [[int(np.floor(sums[c][b] / counts[b] + 0.5)) for c in range(3)] for b in keep]
 
 
 def image_metadata(rgb: np.ndarray, instance: np.ndarray, scene: Scene, visible: list[int]) -> dict:
@@ -98,14 +97,14 @@ def image_metadata(rgb: np.ndarray, instance: np.ndarray, scene: Scene, visible:
     0..1 scale), ``entropy`` (bits of the 256-bin luma histogram), ``object_coverage`` (fraction of
     object pixels), ``width``, ``height``.
     """
-    rgbf = rgb.astype(np.float64) / 255.0
-    r, g, b = rgbf[..., 0], rgbf[..., 1], rgbf[..., 2]
+    rgbf = rgb.reshape(-1, 3).astype(np.float64) * (1.0 / 255.0)
+    r, g, b = rgbf[:, 0], rgbf[:, 1], rgbf[:, 2]
     luma = 0.299 * r + 0.587 * g + 0.114 * b
-    high, low = rgbf.max(axis=-1), rgbf.min(axis=-1)
-    saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-12), 0.0)
+    high, low = rgbf.max(axis=1), rgbf.min(axis=1)
+    saturation = (high - low) / np.maximum(high, 1e-12)
     rg, yb = r - g, 0.5 * (r + g) - b
-    colorfulness = np.sqrt(rg.std() ** 2 + yb.std() ** 2) + 0.3 * np.sqrt(rg.mean() ** 2 + yb.mean() ** 2)
-    hist = np.bincount(np.floor(luma * 255.0 + 0.5).astype(np.int64).reshape(-1), minlength=256)
+    colorfulness = np.sqrt(rg.var() + yb.var()) + 0.3 * np.sqrt(rg.mean() ** 2 + yb.mean() ** 2)
+    hist = np.bincount(np.floor(luma * 255.0 + 0.5).astype(np.intp), minlength=256)
     p = hist[hist > 0] / luma.size
     objects = [scene.objects[k] for k in visible]
     stats = {

@@ -68,7 +68,7 @@ def pixel_rays(scene: Scene, resolution: int) -> tuple[tuple[float, float, float
     A hit at parameter ``t`` along a direction lies at z-depth ``t``.
     """
     u, v = _screen_grid(resolution, scene.camera.fov_deg)
-    right, up, forward = (tuple(float(c) for c in axis) for axis in scene.camera.basis())
+    right, up, forward = scene.camera.basis()
     dirs = [right[i] * u + up[i] * v + forward[i] for i in range(3)]
     return tuple(float(c) for c in scene.camera.position), dirs
 
@@ -173,9 +173,8 @@ def _to_local(obj: SceneObject, px, py, pz, rotate_only: bool = False):
 
 def _screen_rect(obj: SceneObject, scene: Scene, resolution: int) -> tuple[slice, slice] | None:
     """Pixel rows/cols that can see ``obj``'s bounding sphere (conservative); None when off-screen."""
-    right, up, forward = scene.camera.basis()
-    rel = np.asarray(obj.position) - np.asarray(scene.camera.position)
-    cx, cy, cz = float(rel @ right), float(rel @ up), float(rel @ forward)
+    rel = [p - c for p, c in zip(obj.position, scene.camera.position, strict=True)]
+    cx, cy, cz = (sum(r * a for r, a in zip(rel, axis, strict=True)) for axis in scene.camera.basis())
     radius = obj.bounding_radius * 1.01 + 1e-3
     full = (slice(0, resolution), slice(0, resolution))
     if cz - radius <= NEAR:
@@ -319,7 +318,7 @@ def render(scene: Scene, config: WorldConfig) -> Rendering:
 
     depth = np.zeros(res * res, dtype=np.float32)
     depth[hit] = depth_hit
-    right, up, forward = (tuple(float(c) for c in axis) for axis in scene.camera.basis())
+    right, up, forward = scene.camera.basis()
     normal = np.zeros((res * res, 3), dtype=np.float32)
     for axis, sign, column in ((right, 1.0, 0), (up, 1.0, 1), (forward, -1.0, 2)):
         normal[hit, column] = sign * (nx * axis[0] + ny * axis[1] + nz * axis[2])

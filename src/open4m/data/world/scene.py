@@ -17,7 +17,8 @@ Every number is rounded when sampled, so the JSON scene graph alone determines t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
+from functools import lru_cache
 
 import numpy as np
 
@@ -65,19 +66,27 @@ class Camera:
     target: tuple[float, float, float]
     fov_deg: float
 
-    def basis(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(right, up, forward) unit vectors in world coordinates, float64 of shape (3,) each."""
-        forward = np.subtract(self.target, self.position, dtype=np.float64)
-        forward /= np.sqrt(forward @ forward)
-        right = np.cross(forward, [0.0, 1.0, 0.0])
-        right /= np.sqrt(right @ right)
-        return right, np.cross(right, forward), forward
+    def basis(self) -> tuple[tuple[float, float, float], ...]:
+        """(right, up, forward) unit vectors in world coordinates, each a tuple of 3 floats."""
+        return _look_at(self.position, self.target)
 
     def to_camera(self, point) -> np.ndarray:
         """World point(s) (..., 3) to the camera frame: x right, y up, z toward the viewer (depth = -z)."""
-        right, up, forward = self.basis()
+        right, up, forward = (np.asarray(axis) for axis in self.basis())
         rel = np.asarray(point, dtype=np.float64) - np.asarray(self.position)
         return np.stack([rel @ right, rel @ up, -(rel @ forward)], axis=-1)
+
+
+@lru_cache(maxsize=64)
+def _look_at(position: tuple[float, float, float], target: tuple[float, float, float]):
+    fx, fy, fz = (t - p for t, p in zip(target, position, strict=True))
+    norm = math.sqrt(fx * fx + fy * fy + fz * fz)
+    fx, fy, fz = fx / norm, fy / norm, fz / norm
+    rx, rz = -fz, fx  # forward x (0, 1, 0)
+    norm = math.sqrt(rx * rx + rz * rz)
+    rx, rz = rx / norm, rz / norm
+    up = (-rz * fy, rz * fx - rx * fz, rx * fy)  # right x forward
+    return (rx, 0.0, rz), up, (fx, fy, fz)
 
 
 @dataclass(frozen=True)
@@ -102,9 +111,9 @@ class Scene:
         """JSON-serialisable dict (lists instead of tuples)."""
         return {
             "seed": self.seed,
-            "objects": [_listify(asdict(o)) for o in self.objects],
-            "camera": _listify(asdict(self.camera)),
-            "light": _listify(asdict(self.light)),
+            "objects": [_listify(o) for o in self.objects],
+            "camera": _listify(self.camera),
+            "light": _listify(self.light),
         }
 
     @classmethod
@@ -118,8 +127,9 @@ class Scene:
         )
 
 
-def _listify(d: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+def _listify(record) -> dict:
+    values = {f.name: getattr(record, f.name) for f in fields(record)}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def _tuplify(d: dict) -> dict:
@@ -156,7 +166,7 @@ def sample_scene(seed: int, config: WorldConfig | None = None) -> Scene:
     count = int(rng.integers(config.min_objects, config.max_objects + 1))
     objects: list[SceneObject] = []
     for _ in range(count):
-        names = [str(rng.choice(list(v))) for v in (config.shapes, config.colors, config.sizes, config.materials)]
+        names = [v[int(rng.integers(len(v)))] for v in (config.shapes, config.colors, config.sizes, config.materials)]
         yaw = float(rng.uniform(-config.max_yaw_deg, config.max_yaw_deg))
         for _ in range(PLACEMENT_TRIES):
             x, z = (float(v) for v in rng.uniform(-config.placement_extent, config.placement_extent, size=2))
