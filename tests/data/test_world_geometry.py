@@ -226,3 +226,15 @@ def test_every_shape_renders_from_every_side():
                 mask = sample["instance"] == 1
                 assert mask.sum() > 200
                 assert np.abs(implicit(sample["scene"]["objects"][0], world_points(sample)[mask])).max() < 3e-3
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_screen_space_culling_loses_no_pixel(seed, monkeypatch):
+    """Rendering with every object tested against every ray gives the same bytes as the culled renderer."""
+    from open4m.data.world import render as render_module
+
+    culled = render_scene(seed)
+    monkeypatch.setattr(render_module, "_screen_rect", lambda obj, scene, res: (slice(0, res), slice(0, res)))
+    full = render_scene(seed)
+    for name in ("rgb", "depth", "normal", "instance"):
+        np.testing.assert_array_equal(culled[name], full[name], err_msg=name)

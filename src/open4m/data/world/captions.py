@@ -103,12 +103,11 @@ def _list_sentence(rng: np.random.Generator, objects: list[SceneObject]) -> str:
         for obj in objects:
             counts[obj.shape] = counts.get(obj.shape, 0) + 1
         items = [f"{NUMBER_WORDS[c]} {plural(s, c)}" for s, c in counts.items()]
-        are = "is" if len(objects) == 1 else "are"
+        first_single = next(iter(counts.values())) == 1
     else:  # every object in full
-        order = rng.permutation(len(objects))
-        items = [f"a {phrase(objects[i])}" for i in order]
-        are = "is" if len(items) == 1 else "are"
-    return template.format(are=are, items=_join(items))
+        items = [f"a {phrase(objects[i])}" for i in rng.permutation(len(objects))]
+        first_single = True
+    return template.format(are="is" if first_single else "are", items=_join(items))  # agrees with the first item
 
 
 def make_caption(scene: Scene, visible: list[int], config: WorldConfig) -> str:
