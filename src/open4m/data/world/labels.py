@@ -109,7 +109,7 @@ def image_metadata(rgb: np.ndarray, instance: np.ndarray, scene: Scene, visible:
     objects = [scene.objects[k] for k in visible]
     stats = {
         "brightness": luma.mean(), "contrast": luma.std(), "saturation": saturation.mean(),
-        "colorfulness": colorfulness, "entropy": -(p * np.log2(p)).sum(),
+        "colorfulness": colorfulness, "entropy": 0.0 - (p * np.log2(p)).sum(),
         "object_coverage": (instance > 0).mean(),
     }
     return {
