@@ -238,3 +238,24 @@ def test_screen_space_culling_loses_no_pixel(seed, monkeypatch):
     full = render_scene(seed)
     for name in ("rgb", "depth", "normal", "instance"):
         np.testing.assert_array_equal(culled[name], full[name], err_msg=name)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("light", [(0.0, 1.0, 0.0), (0.6, 1.0, -0.3)])
+def test_shadows_fall_where_the_light_is_blocked(shape, light):
+    """Floor pixels are dark exactly where a march from the floor toward the light enters the object."""
+    obj = make_object(shape, "gray", "large", "matte", 0.0, 0.0, 25.0)
+    sample = render_sample(hand_scene([obj], camera_pos=(2.0, 6.0, 7.0), light=light), CONFIG128)
+    floor = sample["semseg"] == 1
+    points = world_points(sample)[floor]
+    to_light = np.array(light) / np.linalg.norm(light)
+    near = np.linalg.norm(points[:, [0, 2]], axis=1) < 4.0
+    steps = np.arange(1, 500) * 0.01
+    blocked = np.zeros(len(points), dtype=bool)
+    for s in steps:
+        blocked[near] |= implicit(sample["scene"]["objects"][0], points[near] + s * to_light) < 0
+    brightness = sample["rgb"][floor].astype(float).mean(axis=1)
+    dark = brightness < (brightness.max() + brightness.min()) / 2
+    if light[0]:  # oblique light: the shadow reaches beyond the footprint (from straight above it is hidden)
+        assert blocked.sum() > 20, "some visible floor is in shadow"
+    assert (dark == blocked).mean() > 0.99

@@ -134,3 +134,18 @@ def test_config_round_trips_through_json():
     assert WorldConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match="unknown WorldConfig field"):
         WorldConfig.from_dict({"resolutoin": 64})
+
+
+def test_sky_gradient_is_optional():
+    from open4m.data.world.scene import Camera, Light, make_object
+
+    low_camera = Scene(seed=1, objects=(make_object("cube", "red", "large", "matte", 0.0, 0.0, 10.0),),
+                       camera=Camera((0.0, 1.5, 12.0), (0.0, 1.5, 0.0), 40.0), light=Light((0.0, 1.0, 0.0), 0.75, 0.35))
+    with_sky = render_sample(low_camera)
+    without = render_sample(low_camera, dataclasses.replace(WorldConfig(), sky=False))
+    sky = with_sky["semseg"] == 0
+    assert sky[:20].all() and not sky[-20:].any(), "upper half background, lower half floor"
+    assert (without["rgb"][sky] == 0).all() and (with_sky["rgb"][sky] > 0).all()
+    np.testing.assert_array_equal(without["rgb"][~sky], with_sky["rgb"][~sky])
+    red = with_sky["rgb"][:20, :, 0].astype(int).mean(axis=1)
+    assert red[0] < red[-1], "the gradient darkens from the horizon to the zenith"

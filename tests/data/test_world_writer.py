@@ -97,6 +97,14 @@ def test_damaged_or_short_shards_are_rewritten(tmp_path):
     assert [len(list(iter_world_samples([p]))) for p in report.paths] == [4, 4, 2]
 
 
+def test_incomplete_samples_are_reported(tmp_path):
+    from open4m.data.shards import write_shard
+
+    write_shard(tmp_path / "x.tar", [{"__key__": "0000000001", "rgb.png": np.zeros((2, 2, 3), np.uint8)}])
+    with pytest.raises(ValueError, match=r"sample '0000000001' of shard .*x.tar lacks modalities \['depth'"):
+        list(iter_world_samples([tmp_path / "x.tar"]))
+
+
 def test_folder_layout_follows_the_official_convention(tmp_path):
     report = write_world(tmp_path, 3, split="val", layout="folders")
     assert report.rendered == 3
@@ -127,6 +135,11 @@ def test_bad_writer_arguments(tmp_path):
                                                                          "outside split 'val'")]:
         with pytest.raises(ValueError, match=message):
             write_world(tmp_path / "out", **{"num": 1, **kwargs})
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "world-train-000000.tar").write_bytes(b"someone else's")
+    with pytest.raises(ValueError, match="already holds world-train-000000.tar but no world.json"):
+        write_world(tmp_path / "foreign", 1)
+    assert (tmp_path / "foreign" / "world-train-000000.tar").read_bytes() == b"someone else's"
     write_world(tmp_path / "out", 1)
     with pytest.raises(ValueError, match="resolution: 64 there, 32 now"):
         write_world(tmp_path / "out", 1, config=dataclasses.replace(WorldConfig(), resolution=32))

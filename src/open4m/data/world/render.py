@@ -245,7 +245,7 @@ def _shadowed(scene: Scene, light: tuple[float, float, float], label_hit, px, py
         if cand.size == 0:
             continue
         lo = _to_local(obj, px[cand], py[cand], pz[cand])
-        ld = _to_local(obj, lx, ly, lz, rotate_only=True)
+        ld = [np.float32(v) for v in _to_local(obj, lx, ly, lz, rotate_only=True)]  # 1/0 -> inf, not an error
         shadow[cand] = np.isfinite(intersect_local(obj, *lo, *ld))
     return shadow
 

@@ -59,6 +59,10 @@ def _check_manifest(out: Path, settings: dict) -> None:
             raise ValueError(f"{out} holds a world written with other settings ({details}); "
                              "use another --out folder or the same settings")
     else:
+        ours = list(out.glob("world-*.tar")) + [out / name for name in MODALITIES if (out / name).exists()]
+        if ours:
+            raise ValueError(f"{out} already holds {ours[0].name} but no {MANIFEST}; refusing to overwrite files "
+                             "this writer did not make; use an empty or new --out folder")
         write_bytes_atomic(manifest, json.dumps(settings, indent=2, sort_keys=True).encode())
 
 
