@@ -74,7 +74,7 @@ def decode_member(ext: str, data: bytes):
     kind = ext.rsplit(".", 1)[-1]
     if kind == "png":
         with Image.open(io.BytesIO(data)) as image:
-            array = np.asarray(image)
+            array = np.array(image)  # a writable copy
         return array.astype(np.uint16) if array.dtype.kind in "iu" and array.dtype != np.uint8 else array
     if kind == "npy":
         return np.load(io.BytesIO(data), allow_pickle=False)
