@@ -17,8 +17,9 @@ from open4m.data.world.config import (
 )
 from open4m.data.world.sample import EXTENSIONS, MODALITIES, iter_world_samples, render_sample, render_scene
 from open4m.data.world.scene import Scene, sample_scene
+from open4m.data.world.writer import write_world
 
 __all__ = [
     "COLORS", "EXTENSIONS", "MATERIALS", "MODALITIES", "SEMSEG_CLASSES", "SHAPES", "SIZES", "SPLIT_SEEDS", "Scene",
-    "WorldConfig", "iter_world_samples", "render_sample", "render_scene", "sample_scene", "seed_for",
+    "WorldConfig", "iter_world_samples", "render_sample", "render_scene", "sample_scene", "seed_for", "write_world",
 ]
