@@ -88,14 +88,16 @@ def color_palette(rgb: np.ndarray, max_colors: int) -> list[list[int]]:
     return [[int(np.floor(sums[c][b] / counts[b] + 0.5)) for c in range(3)] for b in keep]
 
 
-def image_metadata(rgb: np.ndarray, instance: np.ndarray, scene: Scene, visible: list[int]) -> dict:
-    """Image statistics (floats rounded to 6 decimals) and counts.
+def image_metadata(rgb: np.ndarray, semseg: np.ndarray, instance: np.ndarray, scene: Scene, visible: list[int],
+                   caption: str) -> dict:
+    """Image statistics (floats rounded to 6 decimals) and counts, named like the 4M-21 metadata where one exists.
 
     Keys: ``n_objects`` (visible), ``n_objects_total`` (in the scene graph), ``n_shapes`` / ``n_colors``
-    (distinct among visible objects), ``brightness`` (mean luma in [0, 1]), ``contrast`` (luma standard
-    deviation), ``saturation`` (mean HSV saturation), ``colorfulness`` (Hasler & Suesstrunk 2003, on a
-    0..1 scale), ``entropy`` (bits of the 256-bin luma histogram), ``object_coverage`` (fraction of
-    object pixels), ``width``, ``height``.
+    (distinct among visible objects), ``semantic_diversity`` (distinct semseg classes in the image),
+    ``brightness`` (mean luma in [0, 1]), ``contrast`` (luma standard deviation), ``saturation`` (mean HSV
+    saturation), ``colorfulness`` (Hasler & Suesstrunk 2003, on a 0..1 scale), ``entropy`` (bits of the
+    256-bin luma histogram), ``object_coverage`` (fraction of object pixels), ``caption_n_chars`` /
+    ``caption_n_words`` / ``caption_n_sentences``, ``width``, ``height``.
     """
     rgbf = rgb.reshape(-1, 3).astype(np.float64) * (1.0 / 255.0)
     r, g, b = rgbf[:, 0], rgbf[:, 1], rgbf[:, 2]
@@ -117,7 +119,11 @@ def image_metadata(rgb: np.ndarray, instance: np.ndarray, scene: Scene, visible:
         "n_objects_total": len(scene.objects),
         "n_shapes": len({o.shape for o in objects}),
         "n_colors": len({o.color for o in objects}),
+        "semantic_diversity": int(np.count_nonzero(np.bincount(semseg.reshape(-1)))),
         **{k: round(float(v), 6) for k, v in stats.items()},
+        "caption_n_chars": len(caption),
+        "caption_n_words": len(caption.split()),
+        "caption_n_sentences": caption.count("."),
         "width": int(rgb.shape[1]),
         "height": int(rgb.shape[0]),
     }

@@ -62,17 +62,19 @@ def render_sample(scene: Scene, config: WorldConfig | None = None) -> dict:
     view = render(scene, config)
     instance = instance_map(view.label)
     visible = visible_objects(instance, len(scene.objects), config.min_visible_pixels)
+    semseg = semseg_map(scene, view.label)
+    caption = make_caption(scene, visible, config)
     return {
         "rgb": view.rgb,
         "depth": view.depth,
         "normal": view.normal,
-        "semseg": semseg_map(scene, view.label),
+        "semseg": semseg,
         "instance": instance,
         "edges": edge_map(view, config),
         "det": boxes(scene, instance, visible),
-        "caption": make_caption(scene, visible, config),
+        "caption": caption,
         "color_palette": color_palette(view.rgb, config.max_palette_colors),
-        "metadata": image_metadata(view.rgb, instance, scene, visible),
+        "metadata": image_metadata(view.rgb, semseg, instance, scene, visible, caption),
         "scene": scene.to_json(),
     }
 
