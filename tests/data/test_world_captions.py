@@ -5,6 +5,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from open4m.data.world import COLORS, MATERIALS, SHAPES, SIZES, render_scene
 from open4m.data.world.captions import NUMBER_WORDS
@@ -102,3 +104,9 @@ def test_every_relation_sentence_is_parsed():
         for sentence in caption.split(". "):
             if any(w in sentence for w in (" left of ", " right of ", " in front of ", " behind ")):
                 assert RELATION.search(sentence), sentence
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=10**9 + 2 * 10**6 - 1))
+def test_captions_hold_for_any_seed(seed):
+    check_caption(render_scene(seed))

@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from open4m.data.world import SHAPES, WorldConfig, render_sample, render_scene, sample_scene
 from open4m.data.world.scene import Camera, Light, Scene, make_object
@@ -259,3 +261,18 @@ def test_shadows_fall_where_the_light_is_blocked(shape, light):
     if light[0]:  # oblique light: the shadow reaches beyond the footprint (from straight above it is hidden)
         assert blocked.sum() > 20, "some visible floor is in shadow"
     assert (dark == blocked).mean() > 0.99
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=10**9 + 2 * 10**6 - 1))
+def test_any_seed_renders_consistent_geometry(seed):
+    sample = render_scene(seed)
+    points = world_points(sample)
+    for k, obj in enumerate(sample["scene"]["objects"], start=1):
+        mask = sample["instance"] == k
+        if mask.any():
+            assert np.abs(implicit(obj, points[mask])).max() < 3e-3
+    floor = sample["semseg"] == 1
+    assert np.abs(points[floor][:, 1]).max() < 2e-3
+    visible = {int(k) for k in np.unique(sample["instance"]) if k}
+    assert {d["instance"] for d in sample["det"]} == visible
