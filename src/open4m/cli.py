@@ -52,6 +52,54 @@ def _add_tokenizer_text_parsers(tok_sub: argparse._SubParsersAction) -> None:
 
 
 # --- parser -------------------------------------------------------------------------------------------
+# --- open4m world: the procedural dataset (open4m.data.world) ---------------------------------------------
+
+
+def _cmd_world_render(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from open4m.data.world import WorldConfig
+    from open4m.data.world.writer import write_world
+
+    config = dataclasses.replace(WorldConfig(), resolution=args.resolution)
+    report = write_world(args.out, args.num, split=args.split, config=config, workers=args.workers,
+                         layout=args.layout, shard_size=args.shard_size, progress=args.progress)
+    print(f"world {args.split}: rendered {report.rendered} scenes, {report.skipped} already done, "
+          f"{len(report.paths)} {'shards' if args.layout == 'wds' else 'folders'} in {args.out}")
+    return 0
+
+
+def _cmd_world_preview(args: argparse.Namespace) -> int:
+    from open4m.data.world.preview import write_preview
+
+    path = write_preview(args.out, num_scenes=args.num, split=args.split, resolution=args.resolution)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_world_parser(sub) -> None:
+    world = sub.add_parser("world", help="render the procedural 3D world dataset (all modalities aligned)")
+    world_sub = world.add_subparsers(dest="world_command", metavar="WORLD_COMMAND", required=True)
+    p = world_sub.add_parser("render", help="write scenes of a split as WebDataset shards or official folders")
+    p.add_argument("--out", required=True, help="output folder (created; a rerun resumes it)")
+    p.add_argument("--num", type=int, required=True, help="number of scenes (the split's first N seeds)")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--resolution", type=int, default=64, help="image side in pixels (default 64)")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    p.add_argument("--layout", default="wds", choices=["wds", "folders"],
+                   help="wds: tar shards; folders: root/<modality>/<split>/<id>.<ext>")
+    p.add_argument("--shard-size", type=int, default=500, help="scenes per shard / per job (default 500)")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.set_defaults(func=_cmd_world_render)
+    p = world_sub.add_parser("preview", help="write a PNG grid of every modality of a few scenes")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--num", type=int, default=4, help="number of scenes (rows, default 4)")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--resolution", type=int, default=128, help="render resolution (default 128)")
+    p.set_defaults(func=_cmd_world_preview)
+
+
+# --- end of open4m world -----------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok_sub = p.add_subparsers(dest="tokenizer_command", metavar="TOKENIZER_COMMAND")
     p.set_defaults(func=lambda args, p=p: p.print_help() or 0)
     _add_tokenizer_text_parsers(tok_sub)
+    _add_world_parser(sub)
     return parser
 
 
