@@ -5,10 +5,11 @@ tok_depth@224, caption, det}, targets {tok_rgb@224, tok_depth@224, caption, det}
 tied (90.25M parameters, as the official trainer builds it), AdamW. Each precision runs in its own
 process so the peak memory (max RSS) belongs to it alone.
 
-Run:  python benchmarks/train_step.py [--steps 12] [--warmup 3] [--precisions fp32,bf16]
+Run:  python benchmarks/train_step.py [--steps 12] [--warmup 3] [--variants fp32,fp32+sib,bf16,bf16+sib]
 Prints: median step time (forward + backward + optimizer step), tokens/s, peak memory, achieved GFLOP/s
 (FLOPs counted by torch's FlopCounterMode on one step) next to the 2048^3 matmul ceiling measured in
-the same run.
+the same run. Variants: fp32 or bf16 autocast; "+sib" applies the AdamW step inside backward
+(open4m.optim.StepInBackward: same update, gradients freed as they are used).
 """
 
 from __future__ import annotations
@@ -74,26 +75,29 @@ def matmul_ceiling(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / min(times) / 1e9
 
 
-def run_one(precision: str, steps: int, warmup: int) -> dict:
+def run_one(variant: str, steps: int, warmup: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from open4m.model import FourM, preset
+    from open4m.optim import StepInBackward, adamw
     from open4m.runtime import tune_allocator
 
     tune_allocator()
     torch.manual_seed(0)
     model = FourM(preset("tiny_gelu", DOMAINS_IN, DOMAINS_OUT, tie_decoder_embeddings=True)).train()
     params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=True)
+    in_backward = variant.endswith("+sib")
+    opt = StepInBackward(model, lr=1e-4) if in_backward else adamw(model, lr=1e-4)
     batch = make_batch()
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.startswith("bf16"))
 
     def step():
         with autocast:
             loss, _ = model(batch, N_IN, N_OUT)
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        if not in_backward:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         return loss
 
     with FlopCounterMode(display=False) as counter:
@@ -108,7 +112,7 @@ def run_one(precision: str, steps: int, warmup: int) -> dict:
         times.append(time.perf_counter() - t)
     median = statistics.median(times)
     return {
-        "precision": precision, "params_M": params / 1e6, "step_s": median, "min_s": min(times),
+        "precision": variant, "params_M": params / 1e6, "step_s": median, "min_s": min(times),
         "tokens_per_s": BATCH * (N_IN + N_OUT) / median, "gflop_per_step": flops / 1e9,
         "gflops": flops / median / 1e9, "peak_rss_GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "ceiling_fp32": matmul_ceiling(torch.float32), "ceiling_bf16": matmul_ceiling(torch.bfloat16),
@@ -120,24 +124,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--variants", default="fp32,fp32+sib,bf16,bf16+sib")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_one(args.child, args.steps, args.warmup)))
         return
     rows = []
-    for precision in args.precisions.split(","):
-        out = subprocess.run([sys.executable, __file__, "--child", precision, "--steps", str(args.steps),
+    for variant in args.variants.split(","):
+        out = subprocess.run([sys.executable, __file__, "--child", variant, "--steps", str(args.steps),
                               "--warmup", str(args.warmup)], capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     r0 = rows[0]
     print(f"tiny 4M (GELU, tied heads, {r0['params_M']:.2f}M params), batch {BATCH}, {N_IN}+{N_OUT} tokens, "
-          f"AdamW(fused), {r0['threads']} threads, torch {torch.__version__}")
-    print(f"{'precision':9s} | {'median step':>11s} | {'min step':>8s} | {'tokens/s':>8s} | {'peak RSS':>8s} | "
+          f"AdamW (fused, official decay groups), {r0['threads']} threads, torch {torch.__version__}")
+    print(f"{'variant':9s} | {'median step':>11s} | {'min step':>8s} | {'tokens/s':>8s} | {'peak RSS':>8s} | "
           f"{'GFLOP/step':>10s} | {'GFLOP/s':>7s} | {'matmul ceiling':>14s} | {'% ceiling':>9s}")
     for r in rows:
-        ceiling = r["ceiling_bf16"] if r["precision"] == "bf16" else r["ceiling_fp32"]
+        ceiling = r["ceiling_bf16"] if r["precision"].startswith("bf16") else r["ceiling_fp32"]
         print(f"{r['precision']:9s} | {r['step_s']:10.3f}s | {r['min_s']:7.3f}s | {r['tokens_per_s']:8.0f} | "
               f"{r['peak_rss_GB']:6.2f}GB | {r['gflop_per_step']:10.1f} | {r['gflops']:7.0f} | "
               f"{ceiling:9.0f} GF/s | {100 * r['gflops'] / ceiling:8.0f}%")

@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from open4m import modalities
+from open4m.batch import make_batch
+from open4m.model import FourM, FourMConfig
+from open4m.optim import StepInBackward, adamw, no_weight_decay, param_groups
+
+IMG = modalities.image_tokens("tok_opt@32", 64, 32, 8).name
+SEQ = modalities.sequence("seq_opt", 100, 10).name
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return FourM(FourMConfig(domains_in=[IMG, SEQ], domains_out=[IMG, SEQ], dim=32, num_heads=4, encoder_depth=1,
+                             decoder_depth=1, tie_decoder_embeddings=True))
+
+
+def batch(seed):
+    g = torch.Generator().manual_seed(seed)
+    return make_batch({IMG: torch.randint(0, 64, (2, 16), generator=g), SEQ: torch.randint(7, 100, (2, 22), generator=g)},
+                      inputs={IMG: [0, 1, 2], SEQ: [0, 1]}, targets={IMG: [5, 6, 7], SEQ: list(range(10, 16))})
+
+
+def test_official_weight_decay_groups():
+    model = tiny_model()
+    decay, no_decay = (dict.fromkeys(id(p) for p in g["params"]) for g in param_groups(model, 0.05))
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[i] for i in no_decay} == {n for n in names.values() if no_weight_decay(n)}
+    assert "mask_token" in {names[i] for i in decay}
+    assert any(".token_emb." in names[i] for i in decay)
+    assert all("norm" in names[i] or names[i].endswith(".bias") for i in no_decay)
+    with pytest.raises(ValueError, match="learning rate must be > 0"):
+        adamw(model, lr=0.0)
+
+
+def test_step_in_backward_equals_the_standard_loop():
+    plain, hooked = tiny_model(), tiny_model()
+    opt = adamw(plain, lr=1e-2)
+    in_backward = StepInBackward(hooked, lr=1e-2)
+    for step in range(3):
+        plain(batch(step), 8, 16)[0].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        hooked(batch(step), 8, 16)[0].backward()
+        assert all(p.grad is None for p in hooked.parameters())
+    for (name, a), b in zip(plain.named_parameters(), hooked.parameters()):
+        assert torch.equal(a, b), name
+    in_backward.remove()
