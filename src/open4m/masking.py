@@ -1,0 +1,454 @@
+"""Multimodal masking: a sample of aligned modalities -> a ModDict of inputs and targets (4M pretraining).
+
+Per sample (OFFICIAL-4M-SPEC §4.2-4.5): draw a mixture component, split the input and target token
+budgets across modalities (symmetric-Dirichlet scheme), pick disjoint input/target positions of each
+image, span-mask each sequence with sentinels, and lay everything out in the official batch format.
+
+**ModDict** (the batch; the model consumes exactly this): ``dict[modality name -> entry]``, each entry
+``{"tensor", "input_mask", "target_mask", "decoder_attention_mask"}``. Masks are bool, True = excluded
+(``input_mask`` True = not an input, ``target_mask`` True = not a target). Shapes per sample (a batch from
+:func:`collate` adds a leading ``B`` axis and holds torch tensors; per-sample entries hold numpy arrays):
+
+============== ============================ ============================== ==================================
+kind           tensor                       masks / decoder_attention_mask  content
+============== ============================ ============================== ==================================
+image_tokens   int64 ``(N,)``, N = grid²    ``(N,)``                        dam: target count at the first
+                                                                            target position, 0 elsewhere
+pixels         float32 ``(C, H, W)``        ``(N,)``, N = (H/P)²            input only
+sequence       int32 ``(L,)``,              ``(L,)``                        inputs at ``[0, len)``; targets at
+               L = 2·(max_tokens+1), [PAD]                                  ``[input_budget, ...)``, dam 1 there
+embeddings     float32 ``(max_tokens, D)``  ``(max_tokens,)``               input only; sentinel rows are 0
+============== ============================ ============================== ==================================
+
+A modality absent from a dataset is an *empty* entry: zero tensor, all masks True, dam 0.
+
+Differences from the official code, on purpose (the distributions are the same):
+
+- One explicit ``numpy.random.Generator`` per call; no global RNG.
+- Span masking is vectorised, and the "×0.9 while over budget" retries are drawn in blocks of
+  independent attempts (each attempt still uses fresh randomness, so the accepted mask has the
+  official distribution).
+- No 100-try loop for budgets: with ``min_tokens`` 0 (every official modality) the first draw is
+  always accepted, so it is computed directly.
+- Modalities the model cannot predict (pixels, embeddings) never get targets even if their target
+  alpha is non-zero; their budget is still drawn (and wasted), as officially.
+- Token-id sequences longer than ``max_tokens`` (with EOS) raise unless ``truncate=True``; raw
+  strings are truncated as officially. Empty image entries use int64 like real ones (official: int32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from open4m.mixtures import ALPHA_EPS, MaskingConfig
+from open4m.modalities import Modality
+from open4m.modalities import get as get_modality
+
+PAD_ID, EOS_ID, SENTINEL_OFFSET = 0, 3, 4  # official text layout: [PAD]=0, [EOS]=3, [S_k] = 4 + k
+KEEP_PROB_DECAY = 0.9
+_RETRY_BLOCK = 16
+
+ModEntry = dict[str, np.ndarray]
+ModDict = dict[str, ModEntry]
+
+
+class TextTokenizer(Protocol):
+    """What masking needs from a text tokenizer (``pad_id`` is optional, default 0)."""
+
+    eos_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def sentinel_id(self, k: int) -> int: ...
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """One sample's draw: the component and the token budget per modality (``(M,)`` int arrays)."""
+
+    component: int
+    input: np.ndarray
+    target: np.ndarray | None
+
+
+def split_budget(rng: np.random.Generator, alphas: np.ndarray, total: int, caps: np.ndarray) -> np.ndarray:
+    """Split ``total`` tokens over ``M`` modalities: ``(M,)`` int64 budgets.
+
+    ``floor(Dir(alphas) * total)``, then the remainder one token at a time to the argmax of fresh
+    Dirichlet draws (so alpha ~ 0 modalities stay at 0), then clamped at ``caps``. The remainder is
+    below ``M``, so all draws come from one ``(M, M)`` call.
+    """
+    alphas = np.maximum(alphas, ALPHA_EPS)
+    draws = rng.dirichlet(alphas, size=len(alphas))
+    budget = np.floor(draws[0] * total).astype(np.int64)
+    remainder = total - int(budget.sum())
+    if remainder > 0:
+        extra = draws[1:1 + remainder]
+        if remainder >= len(alphas):  # only through float rounding of sum(p) < 1
+            extra = np.concatenate([extra, rng.dirichlet(alphas, size=remainder - len(extra))])
+        budget += np.bincount(extra.argmax(axis=1), minlength=len(alphas))
+    return np.minimum(budget, caps)
+
+
+def image_masks(rng: np.random.Generator, num_positions: int, input_budget: int,
+                target_budget: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Disjoint random input and target positions of an image: ``(N,)`` input_mask, target_mask, dam.
+
+    One random permutation: its first ``input_budget`` entries are inputs, the next ``target_budget``
+    targets (``None``: all the rest). dam (int32) holds the target count at the first target position.
+    """
+    order = rng.permutation(num_positions)
+    input_mask = np.ones(num_positions, bool)
+    input_mask[order[:input_budget]] = False
+    end = num_positions if target_budget is None else input_budget + target_budget
+    targets = order[input_budget:end]
+    target_mask = np.ones(num_positions, bool)
+    target_mask[targets] = False
+    dam = np.zeros(num_positions, np.int32)
+    if targets.size:
+        dam[targets.min()] = targets.size
+    return input_mask, target_mask, dam
+
+
+def draw_keep(rng: np.random.Generator, chunk_lens: np.ndarray, keep_prob: float, input_budget: int) -> np.ndarray:
+    """``(C,)`` bool: which chunks stay in the input (each kept with ``keep_prob``).
+
+    While the input (kept tokens + one sentinel per dropped run) exceeds ``input_budget``, ``keep_prob``
+    is multiplied by 0.9 and the draw redone with fresh randomness, as officially; the attempts are
+    drawn in vectorised blocks. ``input_budget`` 0 drops everything.
+    """
+    num_chunks = len(chunk_lens)
+    if input_budget == 0 or num_chunks == 0:
+        return np.zeros(num_chunks, bool)
+    block, prob = 1, keep_prob
+    while True:
+        probs = prob * KEEP_PROB_DECAY ** np.arange(block)
+        keep = rng.random((block, num_chunks)) <= probs[:, None]
+        prev_kept = np.ones_like(keep)
+        prev_kept[:, 1:] = keep[:, :-1]
+        lengths = keep @ chunk_lens + (~keep & prev_kept).sum(axis=1)
+        fits = np.flatnonzero(lengths <= input_budget)
+        if fits.size:
+            return keep[fits[0]]
+        prob = probs[-1] * KEEP_PROB_DECAY
+        block = _RETRY_BLOCK
+
+
+def span_mask(ids: np.ndarray, chunk_lens: np.ndarray, keep: np.ndarray,
+              sentinels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Apply a chunk keep mask: ``(input_ids, target_ids, sentinel positions in target)``.
+
+    A maximal run of dropped chunks becomes one sentinel ``[S_k]`` (k = 1, 2, ...) in the input; the
+    target holds ``[S_k]`` followed by the dropped tokens, and ends with ``[S_{K+1}]``.
+    ``ids`` is ``(n,)``, ``chunk_lens`` ``(C,)`` with ``sum == n`` (all ones for plain sequences),
+    ``sentinels[k]`` is the id of ``[S_k]``.
+    """
+    prev_kept = np.ones_like(keep)
+    prev_kept[1:] = keep[:-1]
+    run_start = ~keep & prev_kept
+    run_id = np.cumsum(run_start)
+    num_runs = int(run_id[-1]) if len(run_id) else 0
+    if len(chunk_lens) == len(ids):  # one token per chunk: plain span masking
+        tok_keep, tok_start, tok_run = keep, run_start, run_id
+    else:
+        first_token = np.zeros(len(ids), bool)
+        first_token[np.cumsum(chunk_lens) - chunk_lens] = True
+        tok_keep = np.repeat(keep, chunk_lens)
+        tok_start = np.repeat(run_start, chunk_lens) & first_token
+        tok_run = np.repeat(run_id, chunk_lens)
+    emitted = tok_keep | tok_start
+    input_ids = np.where(tok_keep, ids, sentinels[tok_run])[emitted]
+    dropped = ~tok_keep
+    rank_plus_run = np.arange(int(dropped.sum())) + tok_run[dropped]
+    starts = tok_start[dropped]
+    target = np.empty(len(rank_plus_run) + num_runs + 1, ids.dtype)
+    target[rank_plus_run] = ids[dropped]
+    sentinel_pos = np.append(rank_plus_run[starts] - 1, len(target) - 1)
+    target[sentinel_pos] = sentinels[np.arange(1, num_runs + 2)]
+    return input_ids, target, sentinel_pos
+
+
+def truncate_target(rng: np.random.Generator, target: np.ndarray, sentinel_pos: np.ndarray,
+                    budget: int | None) -> np.ndarray:
+    """Cut a target to ``budget`` tokens so that it still starts with a sentinel (official rule).
+
+    Start at a random sentinel (not the final one when there are several); if fewer than ``budget``
+    tokens follow it, start instead at the earliest sentinel whose suffix fits.
+    """
+    if budget is None or len(target) <= budget:
+        return target
+    start = sentinel_pos[rng.integers(max(1, len(sentinel_pos) - 1))]
+    if len(target) - start >= budget:
+        return target[start:start + budget]
+    return target[sentinel_pos[len(target) - sentinel_pos <= budget][0]:]
+
+
+def _keep_prob(rng: np.random.Generator, scheme: str) -> float:
+    if scheme == "random":
+        return float(rng.random())
+    if scheme == "all":
+        return 1.0
+    return float(rng.integers(2))  # "binary"
+
+
+def _as_array(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def empty_entry(name: str) -> ModEntry:
+    """The entry of a modality absent from a sample: zero tensor, all masks True, dam 0."""
+    info = get_modality(name)
+    length = info.num_positions
+    if info.kind == "pixels":
+        tensor = np.zeros((info.num_channels, info.image_size, info.image_size), np.float32)
+    elif info.kind == "embeddings":
+        tensor = np.zeros((info.max_tokens, info.embedding_dim), np.float32)
+    elif info.kind == "sequence":
+        tensor = np.zeros(length, np.int32)
+    else:
+        tensor = np.zeros(length, np.int64)
+    return {"tensor": tensor, "input_mask": np.ones(length, bool), "target_mask": np.ones(length, bool),
+            "decoder_attention_mask": np.zeros(length, np.int32)}
+
+
+class UnifiedMasking:
+    """Masks one sample per call: ``masking(sample, rng) -> ModDict`` (see the module docstring).
+
+    Args:
+        config: the mixture and token budgets.
+        tokenizer: a text tokenizer; needed only for raw-string sequences. Sentinel, EOS and PAD ids
+            come from it when given, else the official layout.
+        fill_empty: extra modality names to add as empty entries (modalities other datasets provide).
+        truncate: cut token-id sequences longer than ``max_tokens`` (with EOS) instead of raising.
+
+    Sample values: image tokens ``(N,)`` or ``(grid, grid)`` ints; pixels ``(C, H, W)`` floats;
+    sequences a list/array of token ids **without** EOS (masking appends it), a list of such chunks
+    (span-masked chunk-wise, e.g. metadata), or a string / list of strings with a tokenizer;
+    embeddings ``(L, D)`` floats. Keys not in the config are ignored.
+    """
+
+    def __init__(self, config: MaskingConfig, tokenizer: TextTokenizer | None = None,
+                 fill_empty: Iterable[str] = (), truncate: bool = False) -> None:
+        self.config = config
+        self.mixture = config.mixture
+        self.tokenizer = tokenizer
+        self.truncate = truncate
+        self.infos = [get_modality(n) for n in self.mixture.names]
+        self.fill_empty = [n for n in dict.fromkeys(fill_empty) if n not in self.mixture.names]
+        for name in self.fill_empty:
+            get_modality(name)
+        self._cum_weights = np.cumsum(self.mixture.sampling_weights)
+        self.max_tokens = np.array([m.max_tokens for m in self.infos], np.int64)
+        self.is_image = np.array([m.is_image for m in self.infos])
+        self.pad_id = int(getattr(tokenizer, "pad_id", PAD_ID)) if tokenizer is not None else PAD_ID
+        self.eos_id = int(tokenizer.eos_id) if tokenizer is not None else EOS_ID
+        seq_max = max([m.max_tokens for m in self.infos if m.is_sequence_like], default=0)
+        self.sentinels = self._sentinel_ids(seq_max // 2 + 2)
+
+    def _sentinel_ids(self, count: int) -> np.ndarray:
+        if self.tokenizer is None:
+            return SENTINEL_OFFSET + np.arange(count, dtype=np.int64)
+        try:
+            return np.array([self.tokenizer.sentinel_id(k) for k in range(count)], np.int64)
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"the text tokenizer must provide sentinels [S_0]..[S_{count - 1}] for span "
+                             f"masking of these sequence lengths: {err}") from None
+
+    def draw_budgets(self, rng: np.random.Generator) -> Budgets:
+        """Draw the component and the per-modality input and target budgets (OFFICIAL-4M-SPEC §4.2)."""
+        mix, cfg = self.mixture, self.config
+        k = min(int(np.searchsorted(self._cum_weights, rng.random(), side="right")), mix.num_components - 1)
+        n_in = int(rng.integers(cfg.input_tokens[0], cfg.input_tokens[1] + 1))
+        inputs = split_budget(rng, mix.input_alphas[k], n_in, self.max_tokens)
+        targets = None
+        if cfg.target_tokens is not None:
+            n_out = int(rng.integers(cfg.target_tokens[0], cfg.target_tokens[1] + 1))
+            caps = np.where(self.is_image, self.max_tokens - inputs, self.max_tokens)
+            targets = split_budget(rng, mix.target_alphas[k], n_out, caps)
+        return Budgets(k, inputs, targets)
+
+    def __call__(self, sample: Mapping[str, Any], rng: np.random.Generator | int) -> ModDict:
+        """Mask one sample; ``rng`` is a Generator (or a seed). Same rng state -> same ModDict."""
+        if not isinstance(rng, np.random.Generator):
+            rng = np.random.default_rng(rng)
+        return self.apply_budgets(sample, self.draw_budgets(rng), rng)
+
+    mask_sample = __call__
+
+    def apply_budgets(self, sample: Mapping[str, Any], budgets: Budgets, rng: np.random.Generator) -> ModDict:
+        """Mask one sample with given budgets (``__call__`` = :meth:`draw_budgets` then this)."""
+        missing = [n for n in self.mixture.names if n not in sample]
+        if missing:
+            raise ValueError(f"sample lacks modalities {missing} that the masking config requires "
+                             f"(sample has {sorted(sample)})")
+        out: ModDict = {}
+        for i, info in enumerate(self.infos):
+            in_budget = int(budgets.input[i])
+            tgt_budget = None if budgets.target is None else int(budgets.target[i])
+            if not info.has_decoder:
+                tgt_budget = 0
+            value = sample[info.name]
+            if info.is_image:
+                out[info.name] = self._mask_image(info, value, rng, in_budget, tgt_budget)
+            else:
+                scheme = self.mixture.keep[info.name][budgets.component]
+                keep_prob = _keep_prob(rng, scheme) if in_budget else 0.0
+                if info.kind == "embeddings":
+                    out[info.name] = self._mask_embeddings(info, value, rng, in_budget, keep_prob)
+                else:
+                    out[info.name] = self._mask_sequence(info, value, rng, in_budget, tgt_budget, keep_prob)
+        for name in self.fill_empty:
+            out[name] = empty_entry(name)
+        return out
+
+    def _mask_image(self, info: Modality, value: Any, rng, in_budget: int, tgt_budget: int | None) -> ModEntry:
+        array = _as_array(value)
+        n = info.max_tokens
+        if info.kind == "pixels":
+            expected = (info.num_channels, info.image_size, info.image_size)
+            if array.shape != expected or array.dtype.kind != "f":
+                raise ValueError(f"modality {info.name!r}: expected float pixels of shape {expected}, "
+                                 f"got {array.dtype} {array.shape}")
+            tensor = array.astype(np.float32, copy=False)
+        else:
+            if array.shape not in ((n,), (info.grid_size, info.grid_size)) or array.dtype.kind not in "iu":
+                raise ValueError(f"modality {info.name!r}: expected {n} integer tokens, shape ({n},) or "
+                                 f"({info.grid_size}, {info.grid_size}), got {array.dtype} {array.shape}")
+            tensor = array.reshape(n).astype(np.int64, copy=False)
+            _check_ids(info, tensor)
+        input_mask, target_mask, dam = image_masks(rng, n, in_budget, tgt_budget)
+        return {"tensor": tensor, "input_mask": input_mask, "target_mask": target_mask, "decoder_attention_mask": dam}
+
+    def _sequence_ids(self, info, value) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids with EOS ``(n,)`` and chunk lengths ``(C,)`` (ones unless chunked)."""
+        is_list = isinstance(value, (list, tuple)) and len(value) > 0
+        if isinstance(value, str) or (is_list and all(isinstance(v, str) for v in value)):
+            if self.tokenizer is None:
+                raise ValueError(f"modality {info.name!r}: raw text needs a tokenizer; pass tokenizer= or token ids")
+            if isinstance(value, str):
+                chunks = None
+                ids = np.asarray(self.tokenizer.encode(value), np.int64)
+            else:
+                chunks = [np.asarray(self.tokenizer.encode(v), np.int64) for v in value]
+            truncate = True
+        elif is_list and not np.isscalar(value[0]):
+            chunks = [_int_ids(info, c) for c in value]
+            truncate = self.truncate
+        else:
+            chunks = None
+            ids = _int_ids(info, value)
+            truncate = self.truncate
+        limit = info.max_tokens
+        if chunks is None:
+            if len(ids) + 1 > limit and not truncate:
+                raise ValueError(f"modality {info.name!r}: {len(ids)} tokens + EOS exceed max_tokens {limit}")
+            ids = np.append(ids, self.eos_id)[:limit]
+            return ids, np.ones(len(ids), np.int64)
+        chunks.append(np.array([self.eos_id], np.int64))
+        lens = np.array([len(c) for c in chunks], np.int64)
+        if (lens == 0).any():
+            raise ValueError(f"modality {info.name!r}: chunk {int(np.argmax(lens == 0))} is empty")
+        fits = np.cumsum(lens) <= limit
+        if not fits.all() and not truncate:
+            raise ValueError(f"modality {info.name!r}: {int(lens.sum()) - 1} tokens + EOS exceed max_tokens {limit}")
+        ids = np.concatenate([c for c, ok in zip(chunks, fits, strict=True) if ok] or [np.zeros(0, np.int64)])
+        return ids, lens[fits]
+
+    def _mask_sequence(self, info, value, rng, in_budget: int, tgt_budget: int | None, keep_prob: float) -> ModEntry:
+        ids, lens = self._sequence_ids(info, value)
+        _check_ids(info, ids)
+        keep = draw_keep(rng, lens, keep_prob, in_budget)
+        input_ids, target, sentinel_pos = span_mask(ids, lens, keep, self.sentinels)
+        if in_budget == 0:  # no input at all, not even the sentinel of the one dropped run (official)
+            input_ids = input_ids[:0]
+        target = truncate_target(rng, target, sentinel_pos, tgt_budget)
+        length = info.num_positions
+        tensor = np.full(length, self.pad_id, np.int32)
+        input_mask = np.ones(length, bool)
+        target_mask = np.ones(length, bool)
+        dam = np.zeros(length, np.int32)
+        tensor[:len(input_ids)] = input_ids
+        input_mask[:len(input_ids)] = False
+        span = slice(in_budget, in_budget + len(target))
+        tensor[span] = target
+        target_mask[span] = False
+        dam[span] = 1
+        return {"tensor": tensor, "input_mask": input_mask, "target_mask": target_mask, "decoder_attention_mask": dam}
+
+    def _mask_embeddings(self, info, value, rng, in_budget: int, keep_prob: float) -> ModEntry:
+        array = _as_array(value)
+        if array.ndim != 2 or array.shape[1] != info.embedding_dim or array.dtype.kind != "f":
+            raise ValueError(f"modality {info.name!r}: expected float embeddings (L, {info.embedding_dim}), "
+                             f"got {array.dtype} {array.shape}")
+        if len(array) > info.max_tokens and not self.truncate:
+            raise ValueError(f"modality {info.name!r}: {len(array)} embeddings exceed max_tokens {info.max_tokens}")
+        array = array[:info.max_tokens]
+        rows = np.arange(len(array), dtype=np.int64)
+        keep = draw_keep(rng, np.ones(len(rows), np.int64), keep_prob, in_budget)
+        no_sentinel = np.full(len(rows) // 2 + 2, -1, np.int64)
+        input_rows, _, _ = span_mask(rows, np.ones(len(rows), np.int64), keep, no_sentinel)
+        if in_budget == 0:
+            input_rows = input_rows[:0]
+        tensor = np.zeros((info.max_tokens, info.embedding_dim), np.float32)
+        is_row = input_rows >= 0
+        tensor[:len(input_rows)][is_row] = array[input_rows[is_row]]
+        input_mask = np.ones(info.max_tokens, bool)
+        input_mask[:len(input_rows)] = False
+        return {"tensor": tensor, "input_mask": input_mask, "target_mask": np.ones(info.max_tokens, bool),
+                "decoder_attention_mask": np.zeros(info.max_tokens, np.int32)}
+
+
+def _int_ids(info: Modality, value: Any) -> np.ndarray:
+    array = _as_array(value)
+    if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+        raise ValueError(f"modality {info.name!r}: expected a 1-D list of integer token ids (or chunks of them), "
+                         f"got {array.dtype} {array.shape}")
+    return array.astype(np.int64, copy=False)
+
+
+def _check_ids(info: Modality, ids: np.ndarray) -> None:
+    if ids.size and (ids.min() < 0 or ids.max() >= info.vocab_size):
+        raise ValueError(f"modality {info.name!r}: token ids must lie in [0, {info.vocab_size}), "
+                         f"got range [{ids.min()}, {ids.max()}]")
+
+
+def collate(
+    mod_dicts: Sequence[ModDict], modalities: Iterable[str] | None = None
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Stack per-sample ModDicts into a batch of torch tensors (leading ``B`` axis).
+
+    ``modalities`` names every modality the batch must hold; those a sample lacks are filled empty.
+    Without it, every sample must hold the same modalities.
+    """
+    if not mod_dicts:
+        raise ValueError("collate needs at least one sample")
+    names = list(dict.fromkeys(modalities)) if modalities is not None else list(mod_dicts[0])
+    batch = {}
+    for name in names:
+        entries = []
+        for i, sample in enumerate(mod_dicts):
+            if name in sample:
+                entries.append(sample[name])
+            elif modalities is not None:
+                entries.append(empty_entry(name))
+            else:
+                raise ValueError(f"sample {i} lacks modality {name!r} that sample 0 has; pass the full list of "
+                                 "modalities to fill absent ones as empty")
+        batch[name] = {}
+        for key in ("tensor", "input_mask", "target_mask", "decoder_attention_mask"):
+            arrays = [_as_array(e[key]) for e in entries]
+            shapes = {a.shape for a in arrays}
+            if len(shapes) > 1:
+                raise ValueError(f"modality {name!r}: {key} shapes differ across samples: {sorted(shapes)}")
+            batch[name][key] = torch.from_numpy(np.stack(arrays))
+    extra = [n for s in mod_dicts for n in s if n not in batch]
+    if extra:
+        raise ValueError(f"samples hold modalities {sorted(set(extra))} not in the batch list {names}")
+    return batch
