@@ -236,6 +236,20 @@ def test_chunks_beyond_max_tokens_are_dropped_whole_when_truncating():
     assert merge(inputs, targets) == [t for c in chunks[:20] for t in c]  # 20 chunks = 40 tokens; EOS would be 41st
 
 
+def test_odd_length_sequences_with_alternating_runs_have_enough_sentinels():
+    modalities.sequence("test_three_tokens", 1000, 3)
+    masking = make_masking({"test_three_tokens": 1.0, "t5_caption": 1.0}, {}, input_tokens=[0, 80], target_tokens=10)
+    rng = np.random.default_rng(14)
+    seen = set()
+    for _ in range(300):
+        out = masking({"test_three_tokens": [300, 301], "t5_caption": np.ones((5, 4096), "f4")}, rng)
+        entry = out["test_three_tokens"]
+        inputs = entry["tensor"][~entry["input_mask"]].tolist()
+        seen.add(tuple(inputs))
+    # [300, 301, EOS] as dropped, kept, dropped: input [S_1] 301 [S_2], target [S_1] 300 [S_2] EOS [S_3]
+    assert (S + 1, 301, S + 2) in seen
+
+
 class WordTokenizer:
     """A tiny stand-in text tokenizer with a non-official id layout."""
 

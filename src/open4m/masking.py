@@ -188,6 +188,11 @@ def truncate_target(rng: np.random.Generator, target: np.ndarray, sentinel_pos: 
     return target[sentinel_pos[len(target) - sentinel_pos <= budget][0]:]
 
 
+def _sentinels_needed(length: int) -> int:
+    """Sentinels [S_0]..[S_K] that span masking of ``length`` tokens may use: ceil(length / 2) runs, + 1, + [S_0]."""
+    return (length + 1) // 2 + 2
+
+
 def _keep_prob(rng: np.random.Generator, scheme: str) -> float:
     if scheme == "random":
         return float(rng.random())
@@ -250,7 +255,7 @@ class UnifiedMasking:
         self.pad_id = int(getattr(tokenizer, "pad_id", PAD_ID)) if tokenizer is not None else PAD_ID
         self.eos_id = int(tokenizer.eos_id) if tokenizer is not None else EOS_ID
         seq_max = max([m.max_tokens for m in self.infos if m.is_sequence_like], default=0)
-        self.sentinels = self._sentinel_ids(seq_max // 2 + 2)
+        self.sentinels = self._sentinel_ids(_sentinels_needed(seq_max))
 
     def _sentinel_ids(self, count: int) -> np.ndarray:
         if self.tokenizer is None:
@@ -392,7 +397,7 @@ class UnifiedMasking:
         array = array[:info.max_tokens]
         rows = np.arange(len(array), dtype=np.int64)
         keep = draw_keep(rng, np.ones(len(rows), np.int64), keep_prob, in_budget)
-        no_sentinel = np.full(len(rows) // 2 + 2, -1, np.int64)
+        no_sentinel = np.full(_sentinels_needed(len(rows)), -1, np.int64)
         input_rows, _, _ = span_mask(rows, np.ones(len(rows), np.int64), keep, no_sentinel)
         if in_budget == 0:
             input_rows = input_rows[:0]
