@@ -13,10 +13,8 @@ from open4m.masking import (
     UnifiedMasking,
     collate,
     empty_entry,
-    image_masks,
-    span_mask,
-    truncate_target,
 )
+from open4m.masking_ops import image_masks, image_masks_batch, span_mask, truncate_target
 from open4m.mixtures import MaskingConfig, Mixture
 
 S = SENTINEL_OFFSET  # [S_k] = S + k in the official layout
@@ -428,3 +426,76 @@ def test_budgets_dataclass_round_trip():
     out = masking.apply_budgets(sample_for(masking, np.random.default_rng(0)), budgets, np.random.default_rng(0))
     assert (~out[IMG]["input_mask"]).sum() == 20 and (~out[IMG]["target_mask"]).sum() == 30
     assert (~out[SEQ]["input_mask"]).sum() == 0 and (~out[SEQ]["target_mask"]).sum() == 0
+
+
+# --- the batch path -------------------------------------------------------------------------------------
+
+def test_image_masks_batch_rows_are_disjoint_and_match_budgets():
+    rng = np.random.default_rng(15)
+    n_in = np.array([0, 0, 196, 50, 120, 1, 7])
+    n_out = np.array([0, 196, 0, 70, 76, 1, 0])
+    input_mask, target_mask, dam = image_masks_batch(rng, 196, n_in, n_out)
+    np.testing.assert_array_equal((~input_mask).sum(axis=1), n_in)
+    np.testing.assert_array_equal((~target_mask).sum(axis=1), n_out)
+    assert not (~input_mask & ~target_mask).any()
+    for row in range(len(n_in)):
+        targets = np.flatnonzero(~target_mask[row])
+        expected = np.zeros(196, np.int32)
+        if targets.size:
+            expected[targets[0]] = targets.size
+        np.testing.assert_array_equal(dam[row], expected)
+    input_mask, target_mask, _ = image_masks_batch(rng, 196, n_in, None)
+    np.testing.assert_array_equal(target_mask, ~input_mask)
+
+
+def test_image_masks_batch_positions_are_uniform():
+    input_mask, target_mask, _ = image_masks_batch(np.random.default_rng(16), 16, np.full(4000, 4), np.full(4000, 4))
+    for mask in (input_mask, target_mask):
+        assert np.abs((~mask).mean(axis=0) - 0.25).max() < 5 * np.sqrt(0.25 * 0.75 / 4000)
+
+
+def test_mask_batch_matches_the_collate_format_and_budgets():
+    masking = UnifiedMasking(MaskingConfig.from_yaml("configs/mixtures/world.yaml"), fill_empty=["metadata"])
+    rng = np.random.default_rng(17)
+    samples = [sample_for(masking, rng) for _ in range(16)]
+    budgets = masking.draw_budgets_batch(rng, 16)
+    batch = masking.apply_budgets_batch(samples, budgets, rng)
+    reference = collate([masking(s, rng) for s in samples])
+    assert batch.keys() == reference.keys()
+    for name in batch:
+        for key in batch[name]:
+            assert batch[name][key].shape == reference[name][key].shape
+            assert batch[name][key].dtype == reference[name][key].dtype
+    for j, name in enumerate(masking.mixture.names):
+        entry = batch[name]
+        n_in = (~entry["input_mask"]).sum(dim=1).numpy()
+        n_out = (~entry["target_mask"]).sum(dim=1).numpy()
+        if modalities.get(name).is_image:
+            np.testing.assert_array_equal(n_in, budgets.input[:, j])
+            expected_out = budgets.target[:, j] if modalities.get(name).has_decoder else 0
+            np.testing.assert_array_equal(n_out, expected_out)
+            np.testing.assert_array_equal(entry["tensor"].numpy(), np.stack([s[name] for s in samples]))
+        else:
+            assert (n_in <= budgets.input[:, j]).all() and (n_out <= budgets.target[:, j]).all()
+            for row in range(16):
+                target_pos = torch.nonzero(~entry["target_mask"][row]).ravel().numpy()
+                if target_pos.size:
+                    assert target_pos[0] == budgets.input[row, j] and entry["tensor"][row, target_pos[0]] in SENTINELS
+    assert batch["metadata"]["input_mask"].all() and batch["metadata"]["target_mask"].all()
+
+
+def test_mask_batch_same_seed_same_batch():
+    masking = UnifiedMasking(MaskingConfig.from_yaml("configs/mixtures/world.yaml"))
+    samples = [sample_for(masking, np.random.default_rng(i)) for i in range(8)]
+    a, b, c = (masking.mask_batch(samples, seed) for seed in (0, 0, 1))
+    assert all(torch.equal(a[n][k], b[n][k]) for n in a for k in a[n])
+    assert any(not torch.equal(a[n]["input_mask"], c[n]["input_mask"]) for n in a)
+
+
+def test_mask_batch_bad_input_names_the_sample():
+    masking = make_masking({SEQ: 1.0, IMG: 1.0}, {SEQ: 1.0, IMG: 1.0})
+    good = sample_for(masking, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"sample 1 lacks modalities \['caption'\]"):
+        masking.mask_batch([good, {IMG: good[IMG]}], 0)
+    with pytest.raises(ValueError, match="at least one sample"):
+        masking.mask_batch([], 0)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from open4m import modalities
-from open4m.masking import SENTINEL_OFFSET, UnifiedMasking, draw_keep, span_mask
+from open4m.masking import SENTINEL_OFFSET, UnifiedMasking
+from open4m.masking_ops import draw_keep, span_mask
 from open4m.mixtures import MaskingConfig, Mixture
 from test_mixtures import MOD7_ALL2ALL_RGB2ALL
 
@@ -22,17 +23,23 @@ def within(mean, expected, std, n, k=5.0):
     return np.all(np.abs(np.asarray(mean) - expected) <= k * np.asarray(std) / np.sqrt(n) + 1e-6)
 
 
-@pytest.fixture(scope="module")
-def mod7_budgets(tmp_path_factory):
+@pytest.fixture(scope="module", params=["per sample", "batched"])
+def mod7_budgets(request, tmp_path_factory):
     path = tmp_path_factory.mktemp("mix") / "mix_mod7_all2all_rgb2all_a0.5.yaml"
     path.write_text(MOD7_ALL2ALL_RGB2ALL)
     # 64 + 64 tokens: no image budget can reach its cap (196), so the theory is exact
     masking = UnifiedMasking(MaskingConfig.from_yaml(path, input_tokens=64, target_tokens=64))
     rng = np.random.default_rng(0)
-    draws = [masking.draw_budgets(rng) for _ in range(DRAWS)]
-    component = np.array([d.component for d in draws])
-    inputs = np.stack([d.input for d in draws])
-    targets = np.stack([d.target for d in draws])
+    if request.param == "batched":
+        draws = [masking.draw_budgets_batch(rng, 100) for _ in range(DRAWS // 100)]
+        component = np.concatenate([d.component for d in draws])
+        inputs = np.concatenate([d.input for d in draws])
+        targets = np.concatenate([d.target for d in draws])
+    else:
+        draws = [masking.draw_budgets(rng) for _ in range(DRAWS)]
+        component = np.array([d.component for d in draws])
+        inputs = np.stack([d.input for d in draws])
+        targets = np.stack([d.target for d in draws])
     return masking.mixture, component, inputs, targets
 
 
@@ -65,14 +72,19 @@ def test_budget_spread_follows_the_beta_marginal(mod7_budgets):
     assert within(all2all.mean(axis=0), 8.0, all2all.std(axis=0), len(all2all))
 
 
-def test_budgets_never_exceed_their_caps():
+@pytest.mark.parametrize("batched", [False, True])
+def test_budgets_never_exceed_their_caps(batched):
     masking = UnifiedMasking(MaskingConfig.from_yaml("configs/mixtures/world.yaml", input_tokens=[0, 300],
                                                      target_tokens=[0, 300]))
     caps = np.array([modalities.get(n).max_tokens for n in masking.mixture.names])
     is_image = np.array([modalities.get(n).is_image for n in masking.mixture.names])
     rng = np.random.default_rng(1)
-    draws = [masking.draw_budgets(rng) for _ in range(DRAWS)]
-    inputs, targets = np.stack([d.input for d in draws]), np.stack([d.target for d in draws])
+    if batched:
+        draws = masking.draw_budgets_batch(rng, DRAWS)
+        inputs, targets = draws.input, draws.target
+    else:
+        draws = [masking.draw_budgets(rng) for _ in range(DRAWS)]
+        inputs, targets = np.stack([d.input for d in draws]), np.stack([d.target for d in draws])
     assert (inputs >= 0).all() and (targets >= 0).all()
     assert (inputs <= caps).all() and (targets <= caps).all()
     assert (inputs + targets <= caps)[:, is_image].all()

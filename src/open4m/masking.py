@@ -45,16 +45,27 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from open4m.mixtures import ALPHA_EPS, MaskingConfig
+from open4m.masking_ops import (
+    draw_keep,
+    draw_keep_prob,
+    image_masks,
+    image_masks_batch,
+    sentinels_needed,
+    span_mask,
+    split_budget,
+    split_budget_batch,
+    truncate_target,
+)
+from open4m.mixtures import MaskingConfig
 from open4m.modalities import Modality
 from open4m.modalities import get as get_modality
 
 PAD_ID, EOS_ID, SENTINEL_OFFSET = 0, 3, 4  # official text layout: [PAD]=0, [EOS]=3, [S_k] = 4 + k
-KEEP_PROB_DECAY = 0.9
-_RETRY_BLOCK = 16
 
 ModEntry = dict[str, np.ndarray]
 ModDict = dict[str, ModEntry]
+Batch = dict[str, dict[str, torch.Tensor]]
+ENTRY_KEYS = ("tensor", "input_mask", "target_mask", "decoder_attention_mask")
 
 
 class TextTokenizer(Protocol):
@@ -69,136 +80,16 @@ class TextTokenizer(Protocol):
 
 @dataclass(frozen=True)
 class Budgets:
-    """One sample's draw: the component and the token budget per modality (``(M,)`` int arrays)."""
+    """Budget draws: the mixture component and the token budget per modality.
 
-    component: int
+    One sample: ``component`` an int, ``input`` / ``target`` ``(M,)`` int arrays (modalities in
+    ``mixture.names`` order). A batch: ``component`` ``(B,)``, budgets ``(B, M)``. ``target`` is None
+    when the config has no target budget (every non-input image token is a target).
+    """
+
+    component: int | np.ndarray
     input: np.ndarray
     target: np.ndarray | None
-
-
-def split_budget(rng: np.random.Generator, alphas: np.ndarray, total: int, caps: np.ndarray) -> np.ndarray:
-    """Split ``total`` tokens over ``M`` modalities: ``(M,)`` int64 budgets.
-
-    ``floor(Dir(alphas) * total)``, then the remainder one token at a time to the argmax of fresh
-    Dirichlet draws (so alpha ~ 0 modalities stay at 0), then clamped at ``caps``. The remainder is
-    below ``M``, so all draws come from one ``(M, M)`` call.
-    """
-    alphas = np.maximum(alphas, ALPHA_EPS)
-    draws = rng.dirichlet(alphas, size=len(alphas))
-    budget = np.floor(draws[0] * total).astype(np.int64)
-    remainder = total - int(budget.sum())
-    if remainder > 0:
-        extra = draws[1:1 + remainder]
-        if remainder >= len(alphas):  # only through float rounding of sum(p) < 1
-            extra = np.concatenate([extra, rng.dirichlet(alphas, size=remainder - len(extra))])
-        budget += np.bincount(extra.argmax(axis=1), minlength=len(alphas))
-    return np.minimum(budget, caps)
-
-
-def image_masks(rng: np.random.Generator, num_positions: int, input_budget: int,
-                target_budget: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Disjoint random input and target positions of an image: ``(N,)`` input_mask, target_mask, dam.
-
-    One random permutation: its first ``input_budget`` entries are inputs, the next ``target_budget``
-    targets (``None``: all the rest). dam (int32) holds the target count at the first target position.
-    """
-    order = rng.permutation(num_positions)
-    input_mask = np.ones(num_positions, bool)
-    input_mask[order[:input_budget]] = False
-    end = num_positions if target_budget is None else input_budget + target_budget
-    targets = order[input_budget:end]
-    target_mask = np.ones(num_positions, bool)
-    target_mask[targets] = False
-    dam = np.zeros(num_positions, np.int32)
-    if targets.size:
-        dam[targets.min()] = targets.size
-    return input_mask, target_mask, dam
-
-
-def draw_keep(rng: np.random.Generator, chunk_lens: np.ndarray, keep_prob: float, input_budget: int) -> np.ndarray:
-    """``(C,)`` bool: which chunks stay in the input (each kept with ``keep_prob``).
-
-    While the input (kept tokens + one sentinel per dropped run) exceeds ``input_budget``, ``keep_prob``
-    is multiplied by 0.9 and the draw redone with fresh randomness, as officially; the attempts are
-    drawn in vectorised blocks. ``input_budget`` 0 drops everything.
-    """
-    num_chunks = len(chunk_lens)
-    if input_budget == 0 or num_chunks == 0:
-        return np.zeros(num_chunks, bool)
-    block, prob = 1, keep_prob
-    while True:
-        probs = prob * KEEP_PROB_DECAY ** np.arange(block)
-        keep = rng.random((block, num_chunks)) <= probs[:, None]
-        prev_kept = np.ones_like(keep)
-        prev_kept[:, 1:] = keep[:, :-1]
-        lengths = keep @ chunk_lens + (~keep & prev_kept).sum(axis=1)
-        fits = np.flatnonzero(lengths <= input_budget)
-        if fits.size:
-            return keep[fits[0]]
-        prob = probs[-1] * KEEP_PROB_DECAY
-        block = _RETRY_BLOCK
-
-
-def span_mask(ids: np.ndarray, chunk_lens: np.ndarray, keep: np.ndarray,
-              sentinels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Apply a chunk keep mask: ``(input_ids, target_ids, sentinel positions in target)``.
-
-    A maximal run of dropped chunks becomes one sentinel ``[S_k]`` (k = 1, 2, ...) in the input; the
-    target holds ``[S_k]`` followed by the dropped tokens, and ends with ``[S_{K+1}]``.
-    ``ids`` is ``(n,)``, ``chunk_lens`` ``(C,)`` with ``sum == n`` (all ones for plain sequences),
-    ``sentinels[k]`` is the id of ``[S_k]``.
-    """
-    prev_kept = np.ones_like(keep)
-    prev_kept[1:] = keep[:-1]
-    run_start = ~keep & prev_kept
-    run_id = np.cumsum(run_start)
-    num_runs = int(run_id[-1]) if len(run_id) else 0
-    if len(chunk_lens) == len(ids):  # one token per chunk: plain span masking
-        tok_keep, tok_start, tok_run = keep, run_start, run_id
-    else:
-        first_token = np.zeros(len(ids), bool)
-        first_token[np.cumsum(chunk_lens) - chunk_lens] = True
-        tok_keep = np.repeat(keep, chunk_lens)
-        tok_start = np.repeat(run_start, chunk_lens) & first_token
-        tok_run = np.repeat(run_id, chunk_lens)
-    emitted = tok_keep | tok_start
-    input_ids = np.where(tok_keep, ids, sentinels[tok_run])[emitted]
-    dropped = ~tok_keep
-    rank_plus_run = np.arange(int(dropped.sum())) + tok_run[dropped]
-    starts = tok_start[dropped]
-    target = np.empty(len(rank_plus_run) + num_runs + 1, ids.dtype)
-    target[rank_plus_run] = ids[dropped]
-    sentinel_pos = np.append(rank_plus_run[starts] - 1, len(target) - 1)
-    target[sentinel_pos] = sentinels[np.arange(1, num_runs + 2)]
-    return input_ids, target, sentinel_pos
-
-
-def truncate_target(rng: np.random.Generator, target: np.ndarray, sentinel_pos: np.ndarray,
-                    budget: int | None) -> np.ndarray:
-    """Cut a target to ``budget`` tokens so that it still starts with a sentinel (official rule).
-
-    Start at a random sentinel (not the final one when there are several); if fewer than ``budget``
-    tokens follow it, start instead at the earliest sentinel whose suffix fits.
-    """
-    if budget is None or len(target) <= budget:
-        return target
-    start = sentinel_pos[rng.integers(max(1, len(sentinel_pos) - 1))]
-    if len(target) - start >= budget:
-        return target[start:start + budget]
-    return target[sentinel_pos[len(target) - sentinel_pos <= budget][0]:]
-
-
-def _sentinels_needed(length: int) -> int:
-    """Sentinels [S_0]..[S_K] that span masking of ``length`` tokens may use: ceil(length / 2) runs, + 1, + [S_0]."""
-    return (length + 1) // 2 + 2
-
-
-def _keep_prob(rng: np.random.Generator, scheme: str) -> float:
-    if scheme == "random":
-        return float(rng.random())
-    if scheme == "all":
-        return 1.0
-    return float(rng.integers(2))  # "binary"
 
 
 def _as_array(value: Any) -> np.ndarray:
@@ -255,7 +146,7 @@ class UnifiedMasking:
         self.pad_id = int(getattr(tokenizer, "pad_id", PAD_ID)) if tokenizer is not None else PAD_ID
         self.eos_id = int(tokenizer.eos_id) if tokenizer is not None else EOS_ID
         seq_max = max([m.max_tokens for m in self.infos if m.is_sequence_like], default=0)
-        self.sentinels = self._sentinel_ids(_sentinels_needed(seq_max))
+        self.sentinels = self._sentinel_ids(sentinels_needed(seq_max))
 
     def _sentinel_ids(self, count: int) -> np.ndarray:
         if self.tokenizer is None:
@@ -279,6 +170,21 @@ class UnifiedMasking:
             targets = split_budget(rng, mix.target_alphas[k], n_out, caps)
         return Budgets(k, inputs, targets)
 
+    def draw_budgets_batch(self, rng: np.random.Generator, num: int) -> Budgets:
+        """:meth:`draw_budgets` for ``num`` samples at once: components ``(B,)``, budgets ``(B, M)``."""
+        mix, cfg = self.mixture, self.config
+        components = np.minimum(np.searchsorted(self._cum_weights, rng.random(num), side="right"),
+                                mix.num_components - 1)
+        n_in = rng.integers(cfg.input_tokens[0], cfg.input_tokens[1] + 1, size=num)
+        caps = np.broadcast_to(self.max_tokens, (num, len(self.infos)))
+        inputs = split_budget_batch(rng, mix.input_alphas, components, n_in, caps)
+        targets = None
+        if cfg.target_tokens is not None:
+            n_out = rng.integers(cfg.target_tokens[0], cfg.target_tokens[1] + 1, size=num)
+            caps = np.where(self.is_image, caps - inputs, caps)
+            targets = split_budget_batch(rng, mix.target_alphas, components, n_out, caps)
+        return Budgets(components, inputs, targets)
+
     def __call__(self, sample: Mapping[str, Any], rng: np.random.Generator | int) -> ModDict:
         """Mask one sample; ``rng`` is a Generator (or a seed). Same rng state -> same ModDict."""
         if not isinstance(rng, np.random.Generator):
@@ -289,47 +195,95 @@ class UnifiedMasking:
 
     def apply_budgets(self, sample: Mapping[str, Any], budgets: Budgets, rng: np.random.Generator) -> ModDict:
         """Mask one sample with given budgets (``__call__`` = :meth:`draw_budgets` then this)."""
-        missing = [n for n in self.mixture.names if n not in sample]
-        if missing:
-            raise ValueError(f"sample lacks modalities {missing} that the masking config requires "
-                             f"(sample has {sorted(sample)})")
+        self._check_present(sample)
         out: ModDict = {}
-        for i, info in enumerate(self.infos):
-            in_budget = int(budgets.input[i])
-            tgt_budget = None if budgets.target is None else int(budgets.target[i])
-            if not info.has_decoder:
-                tgt_budget = 0
+        for j, info in enumerate(self.infos):
+            in_budget = int(budgets.input[j])
+            tgt_budget = self._target_budget(info, budgets.target, j)
             value = sample[info.name]
             if info.is_image:
-                out[info.name] = self._mask_image(info, value, rng, in_budget, tgt_budget)
+                tensor = self._image_tensor(info, value)
+                input_mask, target_mask, dam = image_masks(rng, info.max_tokens, in_budget, tgt_budget)
+                out[info.name] = {"tensor": tensor, "input_mask": input_mask, "target_mask": target_mask,
+                                  "decoder_attention_mask": dam}
             else:
-                scheme = self.mixture.keep[info.name][budgets.component]
-                keep_prob = _keep_prob(rng, scheme) if in_budget else 0.0
-                if info.kind == "embeddings":
-                    out[info.name] = self._mask_embeddings(info, value, rng, in_budget, keep_prob)
-                else:
-                    out[info.name] = self._mask_sequence(info, value, rng, in_budget, tgt_budget, keep_prob)
+                out[info.name] = self._mask_sequence_like(info, value, rng, in_budget, tgt_budget, budgets.component)
         for name in self.fill_empty:
             out[name] = empty_entry(name)
         return out
 
-    def _mask_image(self, info: Modality, value: Any, rng, in_budget: int, tgt_budget: int | None) -> ModEntry:
+    def mask_batch(self, samples: Sequence[Mapping[str, Any]], rng: np.random.Generator | int) -> Batch:
+        """Mask ``B`` samples into a batch (as :func:`collate` returns), drawing budgets and image positions
+        for the whole batch at once. Same distribution as :meth:`mask_sample` per sample, fewer numpy
+        calls; for the same seed the two paths give different (equally valid) draws.
+        """
+        if not isinstance(rng, np.random.Generator):
+            rng = np.random.default_rng(rng)
+        if not samples:
+            raise ValueError("mask_batch needs at least one sample")
+        return self.apply_budgets_batch(samples, self.draw_budgets_batch(rng, len(samples)), rng)
+
+    def apply_budgets_batch(self, samples: Sequence[Mapping[str, Any]], budgets: Budgets,
+                            rng: np.random.Generator) -> Batch:
+        """Mask ``B`` samples with given batch budgets (``mask_batch`` = :meth:`draw_budgets_batch` then this)."""
+        for i, sample in enumerate(samples):
+            self._check_present(sample, f"sample {i}")
+        num = len(samples)
+        batch: dict[str, dict[str, np.ndarray]] = {}
+        for j, info in enumerate(self.infos):
+            if info.is_image:
+                tensor = np.stack([self._image_tensor(info, s[info.name]) for s in samples])
+                targets = None if budgets.target is None else budgets.target[:, j]
+                if not info.has_decoder:
+                    targets = np.zeros(num, np.int64)
+                input_mask, target_mask, dam = image_masks_batch(rng, info.max_tokens, budgets.input[:, j], targets)
+                batch[info.name] = {"tensor": tensor, "input_mask": input_mask, "target_mask": target_mask,
+                                    "decoder_attention_mask": dam}
+            else:
+                entries = [self._mask_sequence_like(info, s[info.name], rng, int(budgets.input[i, j]),
+                                                    self._target_budget(info, budgets.target, (i, j)),
+                                                    int(budgets.component[i]))
+                           for i, s in enumerate(samples)]
+                batch[info.name] = {key: np.stack([e[key] for e in entries]) for key in ENTRY_KEYS}
+        for name in self.fill_empty:
+            empty = empty_entry(name)
+            batch[name] = {key: np.broadcast_to(v, (num, *v.shape)).copy() for key, v in empty.items()}
+        return {name: {key: torch.from_numpy(v) for key, v in entry.items()} for name, entry in batch.items()}
+
+    def _check_present(self, sample: Mapping[str, Any], what: str = "sample") -> None:
+        missing = [n for n in self.mixture.names if n not in sample]
+        if missing:
+            raise ValueError(f"{what} lacks modalities {missing} that the masking config requires "
+                             f"(it has {sorted(sample)})")
+
+    def _target_budget(self, info: Modality, targets: np.ndarray | None, index) -> int | None:
+        if not info.has_decoder:
+            return 0
+        return None if targets is None else int(targets[index])
+
+    def _image_tensor(self, info: Modality, value: Any) -> np.ndarray:
+        """The validated image: ``(C, H, W)`` float32 pixels or ``(N,)`` int64 tokens."""
         array = _as_array(value)
-        n = info.max_tokens
         if info.kind == "pixels":
             expected = (info.num_channels, info.image_size, info.image_size)
             if array.shape != expected or array.dtype.kind != "f":
                 raise ValueError(f"modality {info.name!r}: expected float pixels of shape {expected}, "
                                  f"got {array.dtype} {array.shape}")
-            tensor = array.astype(np.float32, copy=False)
-        else:
-            if array.shape not in ((n,), (info.grid_size, info.grid_size)) or array.dtype.kind not in "iu":
-                raise ValueError(f"modality {info.name!r}: expected {n} integer tokens, shape ({n},) or "
-                                 f"({info.grid_size}, {info.grid_size}), got {array.dtype} {array.shape}")
-            tensor = array.reshape(n).astype(np.int64, copy=False)
-            _check_ids(info, tensor)
-        input_mask, target_mask, dam = image_masks(rng, n, in_budget, tgt_budget)
-        return {"tensor": tensor, "input_mask": input_mask, "target_mask": target_mask, "decoder_attention_mask": dam}
+            return array.astype(np.float32, copy=False)
+        n = info.max_tokens
+        if array.shape not in ((n,), (info.grid_size, info.grid_size)) or array.dtype.kind not in "iu":
+            raise ValueError(f"modality {info.name!r}: expected {n} integer tokens, shape ({n},) or "
+                             f"({info.grid_size}, {info.grid_size}), got {array.dtype} {array.shape}")
+        tensor = array.reshape(n).astype(np.int64, copy=False)
+        _check_ids(info, tensor)
+        return tensor
+
+    def _mask_sequence_like(self, info: Modality, value: Any, rng: np.random.Generator, in_budget: int,
+                            tgt_budget: int | None, component: int) -> ModEntry:
+        keep_prob = draw_keep_prob(rng, self.mixture.keep[info.name][component]) if in_budget else 0.0
+        if info.kind == "embeddings":
+            return self._mask_embeddings(info, value, rng, in_budget, keep_prob)
+        return self._mask_sequence(info, value, rng, in_budget, tgt_budget, keep_prob)
 
     def _sequence_ids(self, info, value) -> tuple[np.ndarray, np.ndarray]:
         """Token ids with EOS ``(n,)`` and chunk lengths ``(C,)`` (ones unless chunked)."""
@@ -397,7 +351,7 @@ class UnifiedMasking:
         array = array[:info.max_tokens]
         rows = np.arange(len(array), dtype=np.int64)
         keep = draw_keep(rng, np.ones(len(rows), np.int64), keep_prob, in_budget)
-        no_sentinel = np.full(_sentinels_needed(len(rows)), -1, np.int64)
+        no_sentinel = np.full(sentinels_needed(len(rows)), -1, np.int64)
         input_rows, _, _ = span_mask(rows, np.ones(len(rows), np.int64), keep, no_sentinel)
         if in_budget == 0:
             input_rows = input_rows[:0]
@@ -424,9 +378,7 @@ def _check_ids(info: Modality, ids: np.ndarray) -> None:
                          f"got range [{ids.min()}, {ids.max()}]")
 
 
-def collate(
-    mod_dicts: Sequence[ModDict], modalities: Iterable[str] | None = None
-) -> dict[str, dict[str, torch.Tensor]]:
+def collate(mod_dicts: Sequence[ModDict], modalities: Iterable[str] | None = None) -> Batch:
     """Stack per-sample ModDicts into a batch of torch tensors (leading ``B`` axis).
 
     ``modalities`` names every modality the batch must hold; those a sample lacks are filled empty.
@@ -447,7 +399,7 @@ def collate(
                 raise ValueError(f"sample {i} lacks modality {name!r} that sample 0 has; pass the full list of "
                                  "modalities to fill absent ones as empty")
         batch[name] = {}
-        for key in ("tensor", "input_mask", "target_mask", "decoder_attention_mask"):
+        for key in ENTRY_KEYS:
             arrays = [_as_array(e[key]) for e in entries]
             shapes = {a.shape for a in arrays}
             if len(shapes) > 1:
