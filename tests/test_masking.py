@@ -499,3 +499,15 @@ def test_mask_batch_bad_input_names_the_sample():
         masking.mask_batch([good, {IMG: good[IMG]}], 0)
     with pytest.raises(ValueError, match="at least one sample"):
         masking.mask_batch([], 0)
+
+
+def test_masking_can_be_sent_to_spawned_data_loader_workers():
+    import copy
+    import pickle
+
+    masking = UnifiedMasking(MaskingConfig.from_yaml("configs/mixtures/world.yaml"), tokenizer=WordTokenizer())
+    assert pickle.dumps(masking)  # spawn-started workers receive it pickled
+    clone = copy.deepcopy(masking)
+    sample = sample_for(masking, np.random.default_rng(0))
+    a, b = masking(sample, 5), clone(sample, 5)
+    assert all(np.array_equal(a[n][k], b[n][k]) for n in a for k in a[n])

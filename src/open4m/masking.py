@@ -22,6 +22,10 @@ embeddings     float32 ``(max_tokens, D)``  ``(max_tokens,)``               inpu
 
 A modality absent from a dataset is an *empty* entry: zero tensor, all masks True, dam 0.
 
+Two paths with the same distribution: ``UnifiedMasking.mask_sample(sample, rng)`` (per sample, e.g. in
+data-loader workers, then :func:`collate`) and ``UnifiedMasking.mask_batch(samples, rng)`` (budgets and
+image positions drawn for the whole batch at once; returns the collated batch).
+
 Differences from the official code, on purpose (the distributions are the same):
 
 - One explicit ``numpy.random.Generator`` per call; no global RNG.
