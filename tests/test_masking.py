@@ -511,3 +511,9 @@ def test_masking_can_be_sent_to_spawned_data_loader_workers():
     sample = sample_for(masking, np.random.default_rng(0))
     a, b = masking(sample, 5), clone(sample, 5)
     assert all(np.array_equal(a[n][k], b[n][k]) for n in a for k in a[n])
+
+
+def test_mask_batch_checks_token_ranges():
+    masking = make_masking({IMG: 1.0}, {IMG: 1.0})
+    with pytest.raises(ValueError, match=r"'tok_depth@224': token ids must lie in \[0, 8192\)"):
+        masking.mask_batch([{IMG: np.zeros(196, np.int64)}, {IMG: np.full(196, 8192)}], 0)

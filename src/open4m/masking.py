@@ -236,7 +236,9 @@ class UnifiedMasking:
         batch: dict[str, dict[str, np.ndarray]] = {}
         for j, info in enumerate(self.infos):
             if info.is_image:
-                tensor = np.stack([self._image_tensor(info, s[info.name]) for s in samples])
+                tensor = np.stack([self._image_tensor(info, s[info.name], check_ids=False) for s in samples])
+                if info.kind == "image_tokens":
+                    _check_ids(info, tensor)
                 targets = None if budgets.target is None else budgets.target[:, j]
                 if not info.has_decoder:
                     targets = np.zeros(num, np.int64)
@@ -265,8 +267,8 @@ class UnifiedMasking:
             return 0
         return None if targets is None else int(targets[index])
 
-    def _image_tensor(self, info: Modality, value: Any) -> np.ndarray:
-        """The validated image: ``(C, H, W)`` float32 pixels or ``(N,)`` int64 tokens."""
+    def _image_tensor(self, info: Modality, value: Any, check_ids: bool = True) -> np.ndarray:
+        """The validated image: ``(C, H, W)`` float32 pixels or ``(N,)`` int64 tokens (ids in range if checked)."""
         array = _as_array(value)
         if info.kind == "pixels":
             expected = (info.num_channels, info.image_size, info.image_size)
@@ -279,7 +281,8 @@ class UnifiedMasking:
             raise ValueError(f"modality {info.name!r}: expected {n} integer tokens, shape ({n},) or "
                              f"({info.grid_size}, {info.grid_size}), got {array.dtype} {array.shape}")
         tensor = array.reshape(n).astype(np.int64, copy=False)
-        _check_ids(info, tensor)
+        if check_ids:
+            _check_ids(info, tensor)
         return tensor
 
     def _mask_sequence_like(self, info: Modality, value: Any, rng: np.random.Generator, in_budget: int,
