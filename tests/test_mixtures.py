@@ -160,3 +160,12 @@ def test_missing_and_invalid_yaml_files(tmp_path):
         MaskingConfig.from_yaml(tmp_path / "nope.yaml", 8, 8)
     with pytest.raises(ValueError, match="not valid YAML"):
         MaskingConfig.from_yaml(write(tmp_path, "a: [1, 2\n"), 8, 8)
+
+
+def test_domains_select_a_subset_of_a_shared_alphas_file(tmp_path):
+    path = write(tmp_path, MOD7_ALL2ALL_RGB2ALL)
+    cfg = MaskingConfig.from_yaml(path, input_tokens=64, target_tokens=64, domains=["caption", "tok_rgb@224"])
+    assert cfg.mixture.names == ("caption", "tok_rgb@224")
+    np.testing.assert_array_equal(cfg.mixture.input_alphas, [[0.0, 0.0], [0.5, 0.5]])
+    with pytest.raises(ValueError, match=r"domains \['metadata'\] have no alphas in this file"):
+        MaskingConfig.from_yaml(path, input_tokens=64, domains=["caption", "metadata"])

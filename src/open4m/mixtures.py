@@ -1,6 +1,6 @@
 """Masking mixtures: which modalities a sample draws its input and target tokens from, and how many.
 
-A :class:`Mixture` is a mixture of symmetric-ish Dirichlet distributions over modalities
+A :class:`Mixture` is a mixture of Dirichlet distributions over modalities
 (OFFICIAL-4M-SPEC §4.2, §4.6): component ``k`` has one input alpha and one target alpha per modality,
 a sequence modality also has a ``keep`` scheme per component, and the components are drawn with
 ``sampling_weights`` (uniformly when absent). A :class:`MaskingConfig` adds the token budgets.
@@ -17,7 +17,7 @@ YAML formats accepted by :meth:`MaskingConfig.from_yaml` (loaded with ``yaml.saf
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -65,7 +65,8 @@ class Mixture:
         return self.sampling_weights @ (alphas / alphas.sum(axis=1, keepdims=True))
 
     @classmethod
-    def from_dict(cls, mixture: Mapping, sampling_weights: Sequence[float] | None = None, source: str = "mixture"):
+    def from_dict(cls, mixture: Mapping, sampling_weights: Sequence[float] | None = None,
+                  source: str = "mixture") -> Mixture:
         """Build from ``{modality: {"input_alphas": [...], "target_alphas": [...], "keep": [...]}}``."""
         if not isinstance(mixture, Mapping) or not mixture:
             raise ValueError(f"{source}: expected a mapping of modality names to alphas, got {mixture!r}")
@@ -135,8 +136,13 @@ class MaskingConfig:
             object.__setattr__(self, "target_tokens", _token_range(self.target_tokens, "target_tokens"))
 
     @classmethod
-    def from_dict(cls, config: Mapping, input_tokens=None, target_tokens=None, source: str = "masking config"):
-        """Build from a parsed YAML mapping in any accepted format; arguments override the file's budgets."""
+    def from_dict(cls, config: Mapping, input_tokens=None, target_tokens=None, domains: Iterable[str] | None = None,
+                  source: str = "masking config") -> MaskingConfig:
+        """Build from a parsed YAML mapping in any accepted format; arguments override the file's budgets.
+
+        ``domains`` keeps only those modalities of the file (the official loader takes a dataset's
+        ``in_domains | out_domains`` from a shared alphas file); each must be in the file.
+        """
         if not isinstance(config, Mapping):
             raise ValueError(f"{source}: expected a mapping at the top level, got {type(config).__name__}")
         if "modalities" in config:
@@ -148,6 +154,12 @@ class MaskingConfig:
             alphas = config["alphas_mixture"]
         else:
             alphas = {k: v for k, v in config.items() if k not in _RESERVED_KEYS}
+        if domains is not None and isinstance(alphas, Mapping):
+            domains = list(dict.fromkeys(domains))
+            absent = [d for d in domains if d not in alphas]
+            if absent:
+                raise ValueError(f"{source}: domains {absent} have no alphas in this file; it has {sorted(alphas)}")
+            alphas = {d: alphas[d] for d in domains}
         mixture = Mixture.from_dict(alphas, config.get("sampling_weights"), source)
         input_tokens = config.get("input_tokens") if input_tokens is None else input_tokens
         target_tokens = config.get("target_tokens") if target_tokens is None else target_tokens
@@ -160,8 +172,9 @@ class MaskingConfig:
             raise ValueError(f"{source}: {err}") from None
 
     @classmethod
-    def from_yaml(cls, path: str | Path, input_tokens=None, target_tokens=None) -> MaskingConfig:
-        """Load a mixture YAML (official alphas file or ours); see the module docstring."""
+    def from_yaml(cls, path: str | Path, input_tokens=None, target_tokens=None,
+                  domains: Iterable[str] | None = None) -> MaskingConfig:
+        """Load a mixture YAML (official alphas file or ours); see the module docstring and :meth:`from_dict`."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"masking config {str(path)!r} does not exist")
@@ -169,7 +182,7 @@ class MaskingConfig:
             config = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
             raise ValueError(f"{path}: not valid YAML: {err}") from None
-        return cls.from_dict(config, input_tokens, target_tokens, source=str(path))
+        return cls.from_dict(config, input_tokens, target_tokens, domains, source=str(path))
 
 
 def _modality(name: str, source: str) -> modalities.Modality:
