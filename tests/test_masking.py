@@ -14,7 +14,8 @@ from open4m.masking import (
     collate,
     empty_entry,
 )
-from open4m.masking_ops import image_masks, image_masks_batch, span_mask, truncate_target
+from open4m.masking_batch import image_masks_batch
+from open4m.masking_ops import image_masks, span_mask, truncate_target
 from open4m.mixtures import MaskingConfig, Mixture
 
 S = SENTINEL_OFFSET  # [S_k] = S + k in the official layout

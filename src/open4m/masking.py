@@ -49,15 +49,21 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from open4m.masking_batch import (
+    draw_keep_batch,
+    image_masks_batch,
+    layout_sequences_batch,
+    span_mask_batch,
+    split_budget_batch,
+    target_windows,
+)
 from open4m.masking_ops import (
     draw_keep,
     draw_keep_prob,
     image_masks,
-    image_masks_batch,
     sentinels_needed,
     span_mask,
     split_budget,
-    split_budget_batch,
     truncate_target,
 )
 from open4m.mixtures import MaskingConfig
@@ -245,6 +251,10 @@ class UnifiedMasking:
                 input_mask, target_mask, dam = image_masks_batch(rng, info.max_tokens, budgets.input[:, j], targets)
                 batch[info.name] = {"tensor": tensor, "input_mask": input_mask, "target_mask": target_mask,
                                     "decoder_attention_mask": dam}
+            elif info.kind == "sequence" and all(self._is_plain(s[info.name]) for s in samples):
+                targets = None if budgets.target is None else budgets.target[:, j]
+                batch[info.name] = self._mask_sequences_batch(info, [s[info.name] for s in samples], rng,
+                                                              budgets.input[:, j], targets, budgets.component)
             else:
                 entries = [self._mask_sequence_like(info, s[info.name], rng, int(budgets.input[i, j]),
                                                     self._target_budget(info, budgets.target, (i, j)),
@@ -255,6 +265,36 @@ class UnifiedMasking:
             empty = empty_entry(name)
             batch[name] = {key: np.broadcast_to(v, (num, *v.shape)).copy() for key, v in empty.items()}
         return {name: {key: torch.from_numpy(v) for key, v in entry.items()} for name, entry in batch.items()}
+
+    @staticmethod
+    def _is_plain(value: Any) -> bool:
+        """A sequence given as one string or one list of ids (not chunks, which are masked per sample)."""
+        if isinstance(value, str):
+            return True
+        return not (isinstance(value, (list, tuple)) and len(value) > 0 and not np.isscalar(value[0]))
+
+    def _mask_sequences_batch(self, info: Modality, values: list, rng: np.random.Generator, in_budgets: np.ndarray,
+                              tgt_budgets: np.ndarray | None, components: np.ndarray) -> dict[str, np.ndarray]:
+        """Span-mask ``B`` plain sequences of one modality at once: entries with a leading ``B`` axis."""
+        rows = [self._sequence_ids(info, v)[0] for v in values]
+        lengths = np.array([len(r) for r in rows])
+        flat = np.concatenate(rows)
+        _check_ids(info, flat)
+        ids = np.zeros((len(rows), lengths.max()), np.int64)
+        ids[np.arange(ids.shape[1]) < lengths[:, None]] = flat
+        schemes = np.array(self.mixture.keep[info.name])[components]
+        uniform, coin = rng.random(len(rows)), rng.integers(0, 2, len(rows))
+        keep_probs = np.where(schemes == "random", uniform, np.where(schemes == "all", 1.0, coin))
+        keep = draw_keep_batch(rng, lengths, np.where(in_budgets > 0, keep_probs, 0.0), in_budgets)
+        inputs, input_lengths, targets, target_lengths, is_sentinel = span_mask_batch(
+            ids, lengths, keep, self.sentinels)
+        input_lengths = np.where(in_budgets > 0, input_lengths, 0)  # budget 0: not even a sentinel (official)
+        choices_of = np.maximum(1, is_sentinel.sum(axis=1) - 1)
+        choices = np.minimum((rng.random(len(rows)) * choices_of).astype(np.int64), choices_of - 1)
+        windows = target_windows(target_lengths, is_sentinel, tgt_budgets, choices)
+        arrays = layout_sequences_batch(inputs, input_lengths, targets, windows, in_budgets, info.num_positions,
+                                        self.pad_id)
+        return dict(zip(ENTRY_KEYS, arrays, strict=True))
 
     def _check_present(self, sample: Mapping[str, Any], what: str = "sample") -> None:
         missing = [n for n in self.mixture.names if n not in sample]

@@ -1,7 +1,7 @@
 """The array operations of 4M masking: token budgets, image positions, span masking (OFFICIAL-4M-SPEC §4.2-4.4).
 
-Pure functions of numpy arrays and an explicit ``numpy.random.Generator``; :mod:`open4m.masking` puts them
-together into ModDicts. The ``*_batch`` variants draw for ``B`` samples at once with the same distribution.
+Pure functions of numpy arrays and an explicit ``numpy.random.Generator``, for one sample;
+:mod:`open4m.masking_batch` has the batched versions and :mod:`open4m.masking` puts them together.
 """
 
 from __future__ import annotations
@@ -121,7 +121,12 @@ def truncate_target(rng: np.random.Generator, target: np.ndarray, sentinel_pos: 
     """
     if budget is None or len(target) <= budget:
         return target
-    start = sentinel_pos[rng.integers(max(1, len(sentinel_pos) - 1))]
+    return cut_target(target, sentinel_pos, budget, int(rng.integers(max(1, len(sentinel_pos) - 1))))
+
+
+def cut_target(target: np.ndarray, sentinel_pos: np.ndarray, budget: int, choice: int) -> np.ndarray:
+    """:func:`truncate_target` with the random sentinel given: ``sentinel_pos[choice]``."""
+    start = sentinel_pos[choice]
     if len(target) - start >= budget:
         return target[start:start + budget]
     return target[sentinel_pos[len(target) - sentinel_pos <= budget][0]:]
@@ -139,47 +144,3 @@ def draw_keep_prob(rng: np.random.Generator, scheme: str) -> float:
     if scheme == "all":
         return 1.0
     return float(rng.integers(2))  # "binary"
-
-
-def split_budget_batch(rng: np.random.Generator, alphas: np.ndarray, components: np.ndarray, totals: np.ndarray,
-                       caps: np.ndarray) -> np.ndarray:
-    """:func:`split_budget` for ``B`` samples: ``(B, M)`` int64 budgets.
-
-    ``alphas`` is ``(K, M)`` (one row per mixture component), ``components`` ``(B,)`` picks a row per
-    sample, ``totals`` is ``(B,)`` and ``caps`` ``(B, M)``. Samples of one component share each draw call.
-    """
-    num, mods = len(components), alphas.shape[1]
-    budget = np.zeros((num, mods), np.int64)
-    for k in np.unique(components):
-        rows = np.flatnonzero(components == k)
-        row_alphas = np.maximum(alphas[k], ALPHA_EPS)
-        shares = rng.dirichlet(row_alphas, size=len(rows))
-        budget[rows] = np.floor(shares * totals[rows, None]).astype(np.int64)
-        remainder = totals[rows] - budget[rows].sum(axis=1)
-        if remainder.sum() > 0:
-            winners = rng.dirichlet(row_alphas, size=int(remainder.sum())).argmax(axis=1)
-            owner = np.repeat(rows, remainder)
-            np.add.at(budget, (owner, winners), 1)
-    return np.minimum(budget, caps)
-
-
-def image_masks_batch(rng: np.random.Generator, num_positions: int, input_budgets: np.ndarray,
-                      target_budgets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`image_masks` for ``B`` images: ``(B, N)`` input_mask, target_mask (bool) and dam (int32).
-
-    Each row draws uniform noise per position: the ``input_budget`` lowest are inputs, the next
-    ``target_budget`` (``None``: all the rest) targets, i.e. the same uniformly random disjoint subsets.
-    """
-    num = len(input_budgets)
-    noise = rng.random((num, num_positions))
-    ordered = np.sort(noise, axis=1)
-    ordered = np.concatenate([np.full((num, 1), -1.0), ordered], axis=1)  # column 0: threshold of "none"
-    rows = np.arange(num)
-    is_input = noise <= ordered[rows, input_budgets][:, None]
-    end = num_positions if target_budgets is None else input_budgets + target_budgets
-    is_target = ~is_input & (noise <= ordered[rows, end][:, None])
-    dam = np.zeros((num, num_positions), np.int32)
-    counts = is_target.sum(axis=1).astype(np.int32)
-    hit = np.flatnonzero(counts)
-    dam[hit, is_target[hit].argmax(axis=1)] = counts[hit]
-    return ~is_input, ~is_target, dam
