@@ -97,3 +97,23 @@ def test_mask_batch_keep_schemes():
                                keep={"caption": scheme})
         entry = masking.mask_batch([{"caption": ids}] * 64, rng)["caption"]
         assert set((~entry["input_mask"]).sum(dim=1).tolist()) == allowed
+
+
+def test_mask_batch_embeddings_and_chunks_fall_back_per_sample():
+    masking = make_masking({"t5_caption": 1.0, "metadata": 1.0}, {"metadata": 1.0}, input_tokens=[0, 60],
+                           target_tokens=None)
+    rng = np.random.default_rng(6)
+    emb = [rng.standard_normal((int(rng.integers(1, 30)), 4096)).astype("f4") + 5.0 for _ in range(16)]
+    chunks = [[1204 + i, 204 + i] for i in range(8)]
+    batch = masking.mask_batch([{"t5_caption": e, "metadata": chunks} for e in emb], rng)
+    t5 = batch["t5_caption"]
+    assert t5["tensor"].shape == (16, 77, 4096) and t5["target_mask"].all()
+    for row, original in enumerate(emb):
+        used = t5["tensor"][row][~t5["input_mask"][row]].numpy()
+        kept = used[used.any(axis=1)]
+        assert all((original == r).all(axis=1).any() for r in kept)
+        assert not t5["tensor"][row][t5["input_mask"][row]].any()
+        meta = batch["metadata"]
+        tensor = meta["tensor"][row].numpy()
+        inputs, targets = tensor[~meta["input_mask"][row].numpy()], tensor[~meta["target_mask"][row].numpy()]
+        assert merge(inputs, targets) == [t for c in chunks for t in c] + [EOS_ID]

@@ -256,11 +256,14 @@ class UnifiedMasking:
                 batch[info.name] = self._mask_sequences_batch(info, [s[info.name] for s in samples], rng,
                                                               budgets.input[:, j], targets, budgets.component)
             else:
+                out = np.zeros((num, info.max_tokens, info.embedding_dim), np.float32) \
+                    if info.kind == "embeddings" else None  # filled in place: these tensors are large
                 entries = [self._mask_sequence_like(info, s[info.name], rng, int(budgets.input[i, j]),
                                                     self._target_budget(info, budgets.target, (i, j)),
-                                                    int(budgets.component[i]))
+                                                    int(budgets.component[i]), None if out is None else out[i])
                            for i, s in enumerate(samples)]
-                batch[info.name] = {key: np.stack([e[key] for e in entries]) for key in ENTRY_KEYS}
+                batch[info.name] = {key: np.stack([e[key] for e in entries]) for key in ENTRY_KEYS[1:]}
+                batch[info.name]["tensor"] = np.stack([e["tensor"] for e in entries]) if out is None else out
         for name in self.fill_empty:
             empty = empty_entry(name)
             batch[name] = {key: np.broadcast_to(v, (num, *v.shape)).copy() for key, v in empty.items()}
@@ -326,10 +329,10 @@ class UnifiedMasking:
         return tensor
 
     def _mask_sequence_like(self, info: Modality, value: Any, rng: np.random.Generator, in_budget: int,
-                            tgt_budget: int | None, component: int) -> ModEntry:
+                            tgt_budget: int | None, component: int, out: np.ndarray | None = None) -> ModEntry:
         keep_prob = draw_keep_prob(rng, self.mixture.keep[info.name][component]) if in_budget else 0.0
         if info.kind == "embeddings":
-            return self._mask_embeddings(info, value, rng, in_budget, keep_prob)
+            return self._mask_embeddings(info, value, rng, in_budget, keep_prob, out)
         return self._mask_sequence(info, value, rng, in_budget, tgt_budget, keep_prob)
 
     def _sequence_ids(self, info, value) -> tuple[np.ndarray, np.ndarray]:
@@ -388,7 +391,9 @@ class UnifiedMasking:
         dam[span] = 1
         return {"tensor": tensor, "input_mask": input_mask, "target_mask": target_mask, "decoder_attention_mask": dam}
 
-    def _mask_embeddings(self, info, value, rng, in_budget: int, keep_prob: float) -> ModEntry:
+    def _mask_embeddings(self, info, value, rng, in_budget: int, keep_prob: float,
+                         out: np.ndarray | None = None) -> ModEntry:
+        """Span-mask ``(L, D)`` embeddings into ``out`` (a zero ``(max_tokens, D)`` array, new if None)."""
         array = _as_array(value)
         if array.ndim != 2 or array.shape[1] != info.embedding_dim or array.dtype.kind != "f":
             raise ValueError(f"modality {info.name!r}: expected float embeddings (L, {info.embedding_dim}), "
@@ -402,7 +407,7 @@ class UnifiedMasking:
         input_rows, _, _ = span_mask(rows, np.ones(len(rows), np.int64), keep, no_sentinel)
         if in_budget == 0:
             input_rows = input_rows[:0]
-        tensor = np.zeros((info.max_tokens, info.embedding_dim), np.float32)
+        tensor = np.zeros((info.max_tokens, info.embedding_dim), np.float32) if out is None else out
         is_row = input_rows >= 0
         tensor[:len(input_rows)][is_row] = array[input_rows[is_row]]
         input_mask = np.ones(info.max_tokens, bool)
