@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
+from masking_helpers import SENTINELS, make_masking, merge, official_sequential_keep
+from open4m.masking import EOS_ID
 from open4m.masking_batch import draw_keep_batch, layout_sequences_batch, span_mask_batch, target_windows
 from open4m.masking_ops import cut_target, span_mask
-from test_masking import EOS_ID, SENTINELS, make_masking, merge
-from test_masking_stats import official_sequential_keep
 
 
 def random_rows(rng, num=200, max_len=30):

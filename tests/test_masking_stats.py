@@ -8,11 +8,11 @@ exceeded; the vectorised "x0.9 while over budget" rule has the same distribution
 import numpy as np
 import pytest
 
+from masking_helpers import MOD7_ALL2ALL_RGB2ALL, official_sequential_keep
 from open4m import modalities
 from open4m.masking import SENTINEL_OFFSET, UnifiedMasking
 from open4m.masking_ops import draw_keep, span_mask
 from open4m.mixtures import MaskingConfig, Mixture
-from test_mixtures import MOD7_ALL2ALL_RGB2ALL
 
 DRAWS = 10_000
 SENTINELS = SENTINEL_OFFSET + np.arange(200)
@@ -122,16 +122,6 @@ def test_masked_samples_keep_every_invariant(num_samples):
                 targets = entry["tensor"][is_target]
                 assert len(targets) == 0 or targets[0] in SENTINELS
                 assert (entry["decoder_attention_mask"] == is_target).all()
-
-
-def official_sequential_keep(rng, n, keep_prob, input_budget):
-    """The official loop, one token at a time: redraw with keep_prob * 0.9 while the input is too long."""
-    while True:
-        keep = rng.random(n) <= keep_prob
-        length = keep.sum() + (~keep & np.append(True, keep[:-1])).sum()
-        if length <= input_budget:
-            return keep
-        keep_prob *= 0.9
 
 
 @pytest.mark.parametrize("budget", [3, 12, 30])

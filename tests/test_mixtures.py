@@ -3,40 +3,9 @@
 import numpy as np
 import pytest
 
+from masking_helpers import MOD7_ALL2ALL_RGB2ALL
 from open4m import modalities
 from open4m.mixtures import MaskingConfig, Mixture
-
-# A copy of the official cfgs/default/4m/alphas_mixture/main/mix_mod7_all2all_rgb2all_a0.5.yaml (flat format),
-# written by the tests so that no official file is committed.
-MOD7_ALL2ALL_RGB2ALL = """\
-# Half of all samples from this mixture are rgb2all, half are all2all
-rgb@224:
-  input_alphas: [1000.0, 0.5]
-  target_alphas: [0., 0.]  # RGB is not a target
-tok_rgb@224:
-  input_alphas: [0., 0.5]
-  target_alphas: [0.5, 0.5]
-tok_depth@224:
-  input_alphas: [0., 0.5]
-  target_alphas: [0.5, 0.5]
-tok_semseg@224:
-  input_alphas: [0., 0.5]
-  target_alphas: [0.5, 0.5]
-tok_normal@224:
-  input_alphas: [0., 0.5]
-  target_alphas: [0.5, 0.5]
-tok_clip@224:
-  input_alphas: [0., 0.5]
-  target_alphas: [0.5, 0.5]
-caption:
-  input_alphas: [0., 0.5]
-  target_alphas: [0.5, 0.5]
-  keep: ['random', 'random']
-det:
-  input_alphas: [0., 0.5]
-  target_alphas: [0.5, 0.5]
-  keep: ['random', 'random']
-"""
 
 # The nested format (sampling_weights + alphas_mixture), as the official 4M-21 file, shortened to three modalities.
 NESTED = """\
