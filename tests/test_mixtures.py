@@ -138,3 +138,15 @@ def test_domains_select_a_subset_of_a_shared_alphas_file(tmp_path):
     np.testing.assert_array_equal(cfg.mixture.input_alphas, [[0.0, 0.0], [0.5, 0.5]])
     with pytest.raises(ValueError, match=r"domains \['metadata'\] have no alphas in this file"):
         MaskingConfig.from_yaml(path, input_tokens=64, domains=["caption", "metadata"])
+
+
+def test_to_dict_round_trips_through_yaml(tmp_path):
+    import yaml
+
+    cfg = MaskingConfig.from_yaml("configs/mixtures/world.yaml", input_tokens=[32, 64])
+    path = write(tmp_path, yaml.safe_dump(cfg.to_dict()))
+    again = MaskingConfig.from_yaml(path)
+    assert again.input_tokens == (32, 64) and again.target_tokens == cfg.target_tokens
+    assert again.mixture.names == cfg.mixture.names and dict(again.mixture.keep) == dict(cfg.mixture.keep)
+    for field in ("input_alphas", "target_alphas", "sampling_weights"):
+        np.testing.assert_allclose(getattr(again.mixture, field), getattr(cfg.mixture, field))

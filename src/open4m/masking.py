@@ -89,7 +89,7 @@ class TextTokenizer(Protocol):
     def sentinel_id(self, k: int) -> int: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Budgets:
     """Budget draws: the mixture component and the token budget per modality.
 

@@ -32,7 +32,7 @@ _MODALITY_KEYS = ("input_alphas", "target_alphas", "keep")
 ALPHA_EPS = 1e-9  # alphas are clamped to this before sampling, so alpha 0 means "(almost) never" (official)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Mixture:
     """A mixture of Dirichlet distributions over modalities.
 
@@ -107,6 +107,16 @@ class Mixture:
         weights = _sampling_weights(sampling_weights, num_components, source)
         return cls(names, np.array(inputs, float).T.copy(), np.array(targets, float).T.copy(), keep, weights)
 
+    def to_dict(self) -> dict:
+        """``{"sampling_weights": [...], "alphas_mixture": {...}}``: the nested official format, YAML-ready."""
+        alphas = {}
+        for m, name in enumerate(self.names):
+            alphas[name] = {"input_alphas": self.input_alphas[:, m].tolist(),
+                            "target_alphas": self.target_alphas[:, m].tolist()}
+            if name in self.keep:
+                alphas[name]["keep"] = list(self.keep[name])
+        return {"sampling_weights": self.sampling_weights.tolist(), "alphas_mixture": alphas}
+
     @classmethod
     def single(cls, input_alphas: Mapping[str, float], target_alphas: Mapping[str, float]) -> Mixture:
         """One component: ``input_alphas`` for the input domains, ``target_alphas`` for the targets (0 elsewhere)."""
@@ -134,6 +144,12 @@ class MaskingConfig:
         object.__setattr__(self, "input_tokens", _token_range(self.input_tokens, "input_tokens"))
         if self.target_tokens is not None:
             object.__setattr__(self, "target_tokens", _token_range(self.target_tokens, "target_tokens"))
+
+    def to_dict(self) -> dict:
+        """Our YAML format (without a ``modalities`` section): ``MaskingConfig.from_dict(c.to_dict())`` is ``c``."""
+        return {"input_tokens": list(self.input_tokens),
+                "target_tokens": None if self.target_tokens is None else list(self.target_tokens),
+                **self.mixture.to_dict()}
 
     @classmethod
     def from_dict(cls, config: Mapping, input_tokens=None, target_tokens=None, domains: Iterable[str] | None = None,
