@@ -154,3 +154,39 @@ def test_random_keep_prob_keeps_half_the_tokens_on_average():
     # keep_prob ~ U(0, 1) and each token is kept with it: E[kept fraction] = 1/2, nothing is ever shrunk here
     assert within(kept.mean(), 0.5, kept.std(), len(kept))
     assert kept.min() < 0.05 and kept.max() > 0.95
+
+
+def test_ten_thousand_batched_samples_keep_every_invariant():
+    masking = UnifiedMasking(MaskingConfig.from_yaml("configs/mixtures/world.yaml"))
+    infos = [modalities.get(n) for n in masking.mixture.names]
+    rng = np.random.default_rng(6)
+    for _ in range(DRAWS // 500):
+        samples = []
+        for i in range(500):
+            sample = {"caption": rng.integers(300, 1000, 5 + i % 40), "det": rng.integers(300, 1000, 5 * (i % 12))}
+            for info in infos:
+                if info.kind == "image_tokens":
+                    sample[info.name] = np.zeros(info.max_tokens, np.int64)
+                elif info.kind == "pixels":
+                    sample[info.name] = np.zeros((3, info.image_size, info.image_size), np.float32)
+            samples.append(sample)
+        budgets = masking.draw_budgets_batch(rng, 500)
+        batch = masking.apply_budgets_batch(samples, budgets, rng)
+        for j, info in enumerate(infos):
+            entry = {k: v.numpy() for k, v in batch[info.name].items()}
+            is_input, is_target = ~entry["input_mask"], ~entry["target_mask"]
+            n_in, n_out = budgets.input[:, j], budgets.target[:, j]
+            if info.is_image:
+                assert not (is_input & is_target).any()
+                assert (is_input.sum(axis=1) == n_in).all()
+                assert (is_target.sum(axis=1) == (n_out if info.has_decoder else 0)).all()
+                assert (entry["decoder_attention_mask"].sum(axis=1) == is_target.sum(axis=1)).all()
+            else:
+                positions = np.arange(is_input.shape[1])
+                assert (is_input.sum(axis=1) <= n_in).all() and (is_target.sum(axis=1) <= n_out).all()
+                assert not (is_input & (positions >= n_in[:, None])).any()
+                assert not (is_target & (positions < n_in[:, None])).any()
+                has_target = is_target.any(axis=1)
+                first = entry["tensor"][np.arange(500), is_target.argmax(axis=1)]
+                assert np.isin(first[has_target], SENTINELS).all()
+                assert (entry["decoder_attention_mask"] == is_target).all()
