@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from open4m.masking_ops import _RETRY_BLOCK, KEEP_PROB_DECAY
+from open4m.masking_ops import KEEP_PROB_DECAY, RETRY_BLOCK
 from open4m.mixtures import ALPHA_EPS
 
 
 def split_budget_batch(rng: np.random.Generator, alphas: np.ndarray, components: np.ndarray, totals: np.ndarray,
                        caps: np.ndarray) -> np.ndarray:
-    """:func:`split_budget` for ``B`` samples: ``(B, M)`` int64 budgets.
+    """:func:`~open4m.masking_ops.split_budget` for ``B`` samples: ``(B, M)`` int64 budgets.
 
     ``alphas`` is ``(K, M)`` (one row per mixture component), ``components`` ``(B,)`` picks a row per
     sample, ``totals`` is ``(B,)`` and ``caps`` ``(B, M)``. Samples of one component share each draw call.
@@ -37,7 +37,7 @@ def split_budget_batch(rng: np.random.Generator, alphas: np.ndarray, components:
 
 def image_masks_batch(rng: np.random.Generator, num_positions: int, input_budgets: np.ndarray,
                       target_budgets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`image_masks` for ``B`` images: ``(B, N)`` input_mask, target_mask (bool) and dam (int32).
+    """:func:`~open4m.masking_ops.image_masks` for ``B`` images: ``(B, N)`` input_mask, target_mask, dam.
 
     Each row draws uniform noise per position: the ``input_budget`` lowest are inputs, the next
     ``target_budget`` (``None``: all the rest) targets, i.e. the same uniformly random disjoint subsets.
@@ -69,16 +69,16 @@ def draw_keep_batch(rng: np.random.Generator, lengths: np.ndarray, keep_probs: n
     keep = np.zeros((num, width), bool)
     rows = np.flatnonzero(input_budgets > 0)
     probs = keep_probs[rows].astype(float)
-    decay = KEEP_PROB_DECAY ** np.arange(_RETRY_BLOCK)
+    decay = KEEP_PROB_DECAY ** np.arange(RETRY_BLOCK)
     while rows.size:
         row_valid = valid[rows][:, None, :]
-        attempts = (rng.random((rows.size, _RETRY_BLOCK, width)) <= (probs[:, None] * decay)[:, :, None]) & row_valid
+        attempts = (rng.random((rows.size, RETRY_BLOCK, width)) <= (probs[:, None] * decay)[:, :, None]) & row_valid
         run_starts = ~attempts & row_valid
         run_starts[:, :, 1:] &= attempts[:, :, :-1]
         fits = attempts.sum(axis=2) + run_starts.sum(axis=2) <= input_budgets[rows][:, None]
         done = fits.any(axis=1)
         keep[rows[done]] = attempts[done, fits[done].argmax(axis=1)]
-        rows, probs = rows[~done], probs[~done] * KEEP_PROB_DECAY**_RETRY_BLOCK
+        rows, probs = rows[~done], probs[~done] * KEEP_PROB_DECAY**RETRY_BLOCK
     return keep
 
 

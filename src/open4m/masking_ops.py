@@ -11,7 +11,7 @@ import numpy as np
 from open4m.mixtures import ALPHA_EPS
 
 KEEP_PROB_DECAY = 0.9  # official: keep_prob shrinks by this factor while the input is over budget
-_RETRY_BLOCK = 16
+RETRY_BLOCK = 16  # over-budget retries are drawn this many at a time
 
 
 def split_budget(rng: np.random.Generator, alphas: np.ndarray, total: int, caps: np.ndarray) -> np.ndarray:
@@ -65,17 +65,17 @@ def draw_keep(rng: np.random.Generator, chunk_lens: np.ndarray, keep_prob: float
     if input_budget == 0 or num_chunks == 0:
         return np.zeros(num_chunks, bool)
     plain = int(chunk_lens.sum()) == num_chunks
-    decay = KEEP_PROB_DECAY ** np.arange(_RETRY_BLOCK)
+    decay = KEEP_PROB_DECAY ** np.arange(RETRY_BLOCK)
     prob = keep_prob
     while True:
-        keep = rng.random((_RETRY_BLOCK, num_chunks)) <= (prob * decay)[:, None]
+        keep = rng.random((RETRY_BLOCK, num_chunks)) <= (prob * decay)[:, None]
         run_starts = ~keep
         run_starts[:, 1:] &= keep[:, :-1]
         kept = keep.sum(axis=1) if plain else keep @ chunk_lens
         fits = np.flatnonzero(kept + run_starts.sum(axis=1) <= input_budget)
         if fits.size:
             return keep[fits[0]]
-        prob *= KEEP_PROB_DECAY ** _RETRY_BLOCK
+        prob *= KEEP_PROB_DECAY ** RETRY_BLOCK
 
 
 def span_mask(ids: np.ndarray, chunk_lens: np.ndarray, keep: np.ndarray,
