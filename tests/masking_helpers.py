@@ -38,6 +38,82 @@ det:
   keep: ['random', 'random']
 """
 
+# The official cfgs/default/4m/alphas_mixture/main/mix_mod21_all2allmix_rgb2all_capT5bias.yaml (nested format).
+MOD21_ALL2ALLMIX_RGB2ALL_CAPT5BIAS = """\
+# Mixture of alphas:
+# - all2all with input and target alphas 0.01, 0.1, 1.0, 10.0
+# - rgb2all with target alpha 0.5
+# - caption and T5 embedding bias (each weighted half)
+
+sampling_weights: [1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5]
+
+alphas_mixture:
+  rgb@224:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 1000.0, 0.05, 0.05]
+    target_alphas: [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+  caption:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 0.0, 5.0, 0.0]
+    target_alphas: [0.01, 0.1, 1.0, 10.0, 0.5, 0.0, 0.5]
+    keep: ['random', 'random', 'random', 'random', 'random', 'all', 'random']
+  t5_caption:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 0.0, 0.0, 5.0]
+    target_alphas: [0.01, 0.1, 1.0, 10.0, 0.5, 0.5, 0.0]
+    keep: ['random', 'random', 'random', 'random', 'random', 'random', 'all']
+  det:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 0.0, 0.05, 0.05]
+    target_alphas: [0.01, 0.1, 1.0, 10.0, 0.5, 0.5, 0.5]
+    keep: ['random', 'random', 'random', 'random', 'random', 'random', 'random']
+  tok_rgb@224:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 0.0, 0.05, 0.05]
+    target_alphas: [0.01, 0.1, 1.0, 10.0, 0.5, 0.5, 0.5]
+  tok_normal@224:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 0.0, 0.05, 0.05]
+    target_alphas: [0.01, 0.1, 1.0, 10.0, 0.5, 0.5, 0.5]
+  tok_depth@224:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 0.0, 0.05, 0.05]
+    target_alphas: [0.01, 0.1, 1.0, 10.0, 0.5, 0.5, 0.5]
+  tok_semseg@224:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 0.0, 0.05, 0.05]
+    target_alphas: [0.01, 0.1, 1.0, 10.0, 0.5, 0.5, 0.5]
+  tok_clip@224:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 0.0, 0.05, 0.05]
+    target_alphas: [0.01, 0.1, 1.0, 10.0, 0.5, 0.5, 0.5]
+  human_poses:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 0.0, 0.05, 0.05]
+    target_alphas: [0.01, 0.1, 1.0, 10.0, 0.5, 0.5, 0.5]
+    keep: ['random', 'random', 'random', 'random', 'random', 'random', 'random']
+  tok_dinov2@224:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 0.0, 0.05, 0.05]
+    target_alphas: [0.01, 0.1, 1.0, 10.0, 0.5, 0.5, 0.5]
+  tok_dinov2_global:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 0.0, 0.05, 0.05]
+    target_alphas: [0.01, 0.1, 1.0, 10.0, 0.5, 0.5, 0.5]
+  tok_imagebind@224:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 0.0, 0.05, 0.05]
+    target_alphas: [0.01, 0.1, 1.0, 10.0, 0.5, 0.5, 0.5]
+  tok_imagebind_global:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 0.0, 0.05, 0.05]
+    target_alphas: [0.01, 0.1, 1.0, 10.0, 0.5, 0.5, 0.5]
+  tok_canny_edge@224:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 0.0, 0.05, 0.05]
+    target_alphas: [0.01, 0.1, 1.0, 10.0, 0.5, 0.5, 0.5]
+  tok_sam_edge@224:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 0.0, 0.05, 0.05]
+    target_alphas: [0.01, 0.1, 1.0, 10.0, 0.5, 0.5, 0.5]
+  color_palette:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 0.0, 0.05, 0.05]
+    target_alphas: [0.01, 0.1, 1.0, 10.0, 0.5, 0.5, 0.5]
+    keep: ['binary', 'binary', 'binary', 'binary', 'binary', 'binary', 'binary']
+  metadata:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 0.0, 0.05, 0.05]
+    target_alphas: [0.01, 0.1, 1.0, 10.0, 0.5, 0.5, 0.5]
+    keep: ['random', 'random', 'random', 'random', 'random', 'random', 'random']
+  sam_instance:
+    input_alphas: [0.01, 0.1, 1.0, 10.0, 0.0, 0.05, 0.05]
+    target_alphas: [0.01, 0.1, 1.0, 10.0, 0.5, 0.5, 0.5]
+    keep: ['random', 'random', 'random', 'random', 'random', 'random', 'random']
+"""
+
 S = SENTINEL_OFFSET  # [S_k] = S + k in the official layout
 SENTINELS = S + np.arange(200)  # [S_0]..[S_199] = ids 4..203, as the official tokenizer
 IMG, SEQ = "tok_depth@224", "caption"
@@ -66,7 +142,7 @@ def sample_for(masking, rng, caption_len=30):
         elif info.kind == "embeddings":
             sample[name] = rng.standard_normal((20, info.embedding_dim)).astype("f4")
         else:
-            sample[name] = caption_ids(rng, caption_len)
+            sample[name] = caption_ids(rng, min(caption_len, info.max_tokens - 1))
     return sample
 
 

@@ -3,10 +3,18 @@
 import numpy as np
 import pytest
 
-from masking_helpers import SENTINELS, make_masking, merge, official_sequential_keep
-from open4m.masking import EOS_ID
+from masking_helpers import (
+    MOD21_ALL2ALLMIX_RGB2ALL_CAPT5BIAS,
+    SENTINELS,
+    make_masking,
+    merge,
+    official_sequential_keep,
+    sample_for,
+)
+from open4m.masking import EOS_ID, UnifiedMasking, collate
 from open4m.masking_batch import draw_keep_batch, layout_sequences_batch, span_mask_batch, target_windows
 from open4m.masking_ops import cut_target, span_mask
+from open4m.mixtures import MaskingConfig
 
 
 def random_rows(rng, num=200, max_len=30):
@@ -117,3 +125,17 @@ def test_mask_batch_embeddings_and_chunks_fall_back_per_sample():
         tensor = meta["tensor"][row].numpy()
         inputs, targets = tensor[~meta["input_mask"][row].numpy()], tensor[~meta["target_mask"][row].numpy()]
         assert merge(inputs, targets) == [t for c in chunks for t in c] + [EOS_ID]
+
+
+def test_the_official_4m21_mixture_masks_every_modality_on_both_paths(tmp_path):
+    path = tmp_path / "mix_mod21.yaml"
+    path.write_text(MOD21_ALL2ALLMIX_RGB2ALL_CAPT5BIAS)
+    masking = UnifiedMasking(MaskingConfig.from_yaml(path, input_tokens=256, target_tokens=256))
+    rng = np.random.default_rng(7)
+    samples = [sample_for(masking, rng) for _ in range(24)]
+    for batch in (masking.mask_batch(samples, rng), collate([masking(s, rng) for s in samples])):
+        assert set(batch) == set(masking.mixture.names)
+        used_in = sum(int((~e["input_mask"]).sum()) for e in batch.values())
+        used_out = sum(int((~e["target_mask"]).sum()) for e in batch.values())
+        assert 0 < used_in <= 24 * 256 and 0 < used_out <= 24 * 256
+        assert batch["t5_caption"]["target_mask"].all() and batch["rgb@224"]["target_mask"].all()

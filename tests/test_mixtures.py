@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from masking_helpers import MOD7_ALL2ALL_RGB2ALL
+from masking_helpers import MOD7_ALL2ALL_RGB2ALL, MOD21_ALL2ALLMIX_RGB2ALL_CAPT5BIAS
 from open4m import modalities
 from open4m.mixtures import MaskingConfig, Mixture
 
@@ -150,3 +150,14 @@ def test_to_dict_round_trips_through_yaml(tmp_path):
     assert again.mixture.names == cfg.mixture.names and dict(again.mixture.keep) == dict(cfg.mixture.keep)
     for field in ("input_alphas", "target_alphas", "sampling_weights"):
         np.testing.assert_allclose(getattr(again.mixture, field), getattr(cfg.mixture, field))
+
+
+def test_official_4m21_file_loads_unchanged(tmp_path):
+    cfg = MaskingConfig.from_yaml(write(tmp_path, MOD21_ALL2ALLMIX_RGB2ALL_CAPT5BIAS), input_tokens=256,
+                                  target_tokens=256)
+    mix = cfg.mixture
+    assert set(mix.names) == set(modalities.FOURM21_DOMAINS_IN) and mix.num_components == 7
+    np.testing.assert_allclose(mix.sampling_weights, np.array([1, 1, 1, 1, 1, 0.5, 0.5]) / 6)
+    assert mix.keep["color_palette"] == ("binary",) * 7
+    assert mix.keep["caption"][5] == "all" and mix.keep["t5_caption"][6] == "all"
+    assert mix.input_alphas[4, mix.names.index("rgb@224")] == 1000.0
