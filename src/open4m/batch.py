@@ -22,6 +22,9 @@ A batch maps modality names to dicts of four tensors (B = batch size, N = the mo
 elsewhere (targets of one image attend to each other); for sequences 1 at each target position
 (causal attention). Modalities absent from a sample are present with all masks True.
 
+Per-sample entries (as :mod:`open4m.masking` produces them before :func:`open4m.masking.collate`) are the
+same without the leading batch axis, as numpy arrays. Embeddings rows of sentinels are zero vectors.
+
 Masks use True = excluded, exactly like the official code, so official recipes and checkpoints
 drop in. :func:`make_batch` builds a batch from tokens and positions without any masking code, and
 :func:`validate_batch` checks one against the registry with errors that name what is wrong.

@@ -4,23 +4,9 @@ Per sample (OFFICIAL-4M-SPEC §4.2-4.5): draw a mixture component, split the inp
 budgets across modalities (symmetric-Dirichlet scheme), pick disjoint input/target positions of each
 image, span-mask each sequence with sentinels, and lay everything out in the official batch format.
 
-**ModDict** (the batch; the model consumes exactly this): ``dict[modality name -> entry]``, each entry
-``{"tensor", "input_mask", "target_mask", "decoder_attention_mask"}``. Masks are bool, True = excluded
-(``input_mask`` True = not an input, ``target_mask`` True = not a target). Shapes per sample (a batch from
-:func:`collate` adds a leading ``B`` axis and holds torch tensors; per-sample entries hold numpy arrays):
-
-============== ============================ ============================== ==================================
-kind           tensor                       masks / decoder_attention_mask  content
-============== ============================ ============================== ==================================
-image_tokens   int64 ``(N,)``, N = grid²    ``(N,)``                        dam: target count at the first
-                                                                            target position, 0 elsewhere
-pixels         float32 ``(C, H, W)``        ``(N,)``, N = (H/P)²            input only
-sequence       int32 ``(L,)``,              ``(L,)``                        inputs at ``[0, len)``; targets at
-               L = 2·(max_tokens+1), [PAD]                                  ``[input_budget, ...)``, dam 1 there
-embeddings     float32 ``(max_tokens, D)``  ``(max_tokens,)``               input only; sentinel rows are 0
-============== ============================ ============================== ==================================
-
-A modality absent from a dataset is an *empty* entry: zero tensor, all masks True, dam 0.
+The output is the batch format documented once in :mod:`open4m.batch` (a ModDict): per-sample entries
+hold numpy arrays without the batch axis, :func:`collate` stacks them into torch tensors. A modality
+absent from a dataset is an *empty* entry: zero tensor, all masks True, decoder attention codes 0.
 
 Two paths with the same distribution: ``UnifiedMasking.mask_sample(sample, rng)`` (per sample, e.g. in
 data-loader workers, then :func:`collate`) and ``UnifiedMasking.mask_batch(samples, rng)`` (budgets, image
