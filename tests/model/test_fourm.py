@@ -225,3 +225,30 @@ def test_bad_batches_get_clear_errors(model):
         model(good, 0, 40)
     with pytest.raises(ValueError, match="cannot be predicted"):
         small(domains_out=[RGB])
+
+
+def test_float_embeddings_input_and_learned_global_positions():
+    """t5_caption enters through a projection; the global-feature modalities have learned positions."""
+    cfg = FourMConfig(domains_in=["t5_caption", "tok_dinov2_global"], domains_out=["tok_dinov2_global"], dim=32,
+                      num_heads=4, encoder_depth=1, decoder_depth=1)
+    model = FourM(cfg)
+    state = model.state_dict()
+    assert state["encoder_embeddings.t5_caption.emb_proj.weight"].shape == (32, 4096)
+    params = dict(model.named_parameters())
+    assert params["encoder_embeddings.tok_dinov2_global.pos_emb"].shape == (1, 16, 32)
+    assert "decoder_embeddings.tok_dinov2_global.pos_emb" in params
+    t5 = torch.randn(2, 77, 4096)
+    valid = torch.zeros(2, 77, dtype=torch.bool)
+    valid[:, :5] = True
+    batch = make_batch({"t5_caption": t5, "tok_dinov2_global": torch.randint(0, 8192, (2, 4, 4))},
+                       inputs={"t5_caption": valid}, targets={"tok_dinov2_global": "all"})
+    loss, _ = model(batch, 8, 16)
+    loss.backward()
+    assert model.encoder_embeddings["t5_caption"].emb_proj.weight.grad.abs().sum() > 0
+    # changing a vector that is not an input changes nothing
+    t5b = t5.clone()
+    t5b[:, 40] += 1
+    batch2 = make_batch({"t5_caption": t5b, "tok_dinov2_global": batch["tok_dinov2_global"]["tensor"]},
+                        inputs={"t5_caption": valid}, targets={"tok_dinov2_global": "all"})
+    with torch.no_grad():
+        assert model(batch2, 8, 16)[0].item() == model(batch, 8, 16)[0].item()
