@@ -32,7 +32,7 @@ TARGETS = {"tok_rgb@224": 40, "tok_depth@224": 40, "caption": 24, "det": 24}
 BATCH, N_IN, N_OUT = 8, 128, 128
 
 
-def make_batch(seed: int = 0) -> dict:
+def make_batch(seed: int = 0, device: str = "cpu", batch_size: int = BATCH) -> dict:
     """A batch in the official layout with the budgets above and random positions/ids per sample."""
     from open4m import modalities
     from open4m.batch import attention_codes
@@ -42,15 +42,15 @@ def make_batch(seed: int = 0) -> dict:
     for name in DOMAINS_IN:
         mod = modalities.get(name)
         n = mod.num_positions
-        inp = torch.zeros(BATCH, n, dtype=torch.bool)
-        tgt = torch.zeros(BATCH, n, dtype=torch.bool)
+        inp = torch.zeros(batch_size, n, dtype=torch.bool)
+        tgt = torch.zeros(batch_size, n, dtype=torch.bool)
         if mod.kind == "pixels":
-            tensor = torch.randn(BATCH, 3, mod.image_size, mod.image_size, generator=g)
+            tensor = torch.randn(batch_size, 3, mod.image_size, mod.image_size, generator=g)
         elif mod.kind == "image_tokens":
-            tensor = torch.randint(0, mod.vocab_size, (BATCH, n), generator=g)
+            tensor = torch.randint(0, mod.vocab_size, (batch_size, n), generator=g)
         else:
-            tensor = torch.randint(4300, mod.vocab_size, (BATCH, n), generator=g).to(torch.int32)
-        for b in range(BATCH):
+            tensor = torch.randint(4300, mod.vocab_size, (batch_size, n), generator=g).to(torch.int32)
+        for b in range(batch_size):
             if mod.is_image:
                 perm = torch.randperm(n, generator=g)
                 inp[b, perm[: INPUTS[name]]] = True
@@ -61,21 +61,29 @@ def make_batch(seed: int = 0) -> dict:
                 tgt[b, k: k + TARGETS[name] + 1] = True  # +1: a sequence target loses one token to the shift
         batch[name] = {"tensor": tensor, "input_mask": ~inp, "target_mask": ~tgt,
                        "decoder_attention_mask": attention_codes(tgt, mod.kind)}
-    return batch
+    return {name: {k: v.to(device) for k, v in d.items()} for name, d in batch.items()}
 
 
-def matmul_ceiling(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_ceiling(dtype: torch.dtype, device: str = "cpu", reps: int = 5) -> float:
+    n = 2048 if device == "cpu" else 8192
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
     times = []
     for _ in range(reps):
+        _sync(device)
         t = time.perf_counter()
         a @ b
+        _sync(device)
         times.append(time.perf_counter() - t)
     return 2 * n**3 / min(times) / 1e9
 
 
-def run_one(variant: str, steps: int, warmup: int) -> dict:
+def run_one(variant: str, steps: int, warmup: int, device: str = "cpu", batch_size: int = BATCH) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from open4m.model import FourM, preset
@@ -84,12 +92,12 @@ def run_one(variant: str, steps: int, warmup: int) -> dict:
 
     tune_allocator()
     torch.manual_seed(0)
-    model = FourM(preset("tiny_gelu", DOMAINS_IN, DOMAINS_OUT, tie_decoder_embeddings=True)).train()
+    model = FourM(preset("tiny_gelu", DOMAINS_IN, DOMAINS_OUT, tie_decoder_embeddings=True)).to(device).train()
     params = sum(p.numel() for p in model.parameters())
     in_backward = variant.endswith("+sib")
     opt = StepInBackward(model, lr=1e-4) if in_backward else adamw(model, lr=1e-4)
-    batch = make_batch()
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.startswith("bf16"))
+    batch = make_batch(device=device, batch_size=batch_size)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=variant.startswith("bf16"))
 
     def step():
         with autocast:
@@ -107,16 +115,22 @@ def run_one(variant: str, steps: int, warmup: int) -> dict:
         step()
     times = []
     for _ in range(steps):
+        _sync(device)
         t = time.perf_counter()
         step()
+        _sync(device)
         times.append(time.perf_counter() - t)
     median = statistics.median(times)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {
         "precision": variant, "params_M": params / 1e6, "step_s": median, "min_s": min(times),
-        "tokens_per_s": BATCH * (N_IN + N_OUT) / median, "gflop_per_step": flops / 1e9,
-        "gflops": flops / median / 1e9, "peak_rss_GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "ceiling_fp32": matmul_ceiling(torch.float32), "ceiling_bf16": matmul_ceiling(torch.bfloat16),
-        "threads": torch.get_num_threads(),
+        "tokens_per_s": batch_size * (N_IN + N_OUT) / median, "gflop_per_step": flops / 1e9,
+        "gflops": flops / median / 1e9, "peak_rss_GB": peak,
+        "ceiling_fp32": matmul_ceiling(torch.float32, device), "ceiling_bf16": matmul_ceiling(torch.bfloat16, device),
+        "threads": torch.get_num_threads(), "device": device, "batch": batch_size,
     }
 
 
@@ -125,24 +139,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--variants", default="fp32,fp32+sib,bf16,bf16+sib")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (peak memory is then CUDA's peak allocation)")
+    parser.add_argument("--batch", type=int, default=BATCH, help="batch size (the Core issue's table uses 8)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_one(args.child, args.steps, args.warmup)))
+        print(json.dumps(run_one(args.child, args.steps, args.warmup, args.device, args.batch)))
         return
     rows = []
     for variant in args.variants.split(","):
         out = subprocess.run([sys.executable, __file__, "--child", variant, "--steps", str(args.steps),
-                              "--warmup", str(args.warmup)], capture_output=True, text=True, check=True)
+                              "--warmup", str(args.warmup), "--device", args.device, "--batch", str(args.batch)],
+                             capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     r0 = rows[0]
-    print(f"tiny 4M (GELU, tied heads, {r0['params_M']:.2f}M params), batch {BATCH}, {N_IN}+{N_OUT} tokens, "
-          f"AdamW (fused, official decay groups), {r0['threads']} threads, torch {torch.__version__}")
-    print(f"{'variant':9s} | {'median step':>11s} | {'min step':>8s} | {'tokens/s':>8s} | {'peak RSS':>8s} | "
+    print(f"tiny 4M (GELU, tied heads, {r0['params_M']:.2f}M params), batch {r0['batch']}, {N_IN}+{N_OUT} tokens, "
+          f"AdamW (fused, official decay groups), {r0['device']}, {r0['threads']} threads, torch {torch.__version__}")
+    print(f"{'variant':9s} | {'median step':>11s} | {'min step':>8s} | {'tokens/s':>8s} | {'peak mem':>8s} | "
           f"{'GFLOP/step':>10s} | {'GFLOP/s':>7s} | {'matmul ceiling':>14s} | {'% ceiling':>9s}")
     for r in rows:
         ceiling = r["ceiling_bf16"] if r["precision"].startswith("bf16") else r["ceiling_fp32"]
-        print(f"{r['precision']:9s} | {r['step_s']:10.3f}s | {r['min_s']:7.3f}s | {r['tokens_per_s']:8.0f} | "
+        print(f"{r['precision']:9s} | {r['step_s']:10.4f}s | {r['min_s']:7.4f}s | {r['tokens_per_s']:8.0f} | "
               f"{r['peak_rss_GB']:6.2f}GB | {r['gflop_per_step']:10.1f} | {r['gflops']:7.0f} | "
               f"{ceiling:9.0f} GF/s | {100 * r['gflops'] / ceiling:8.0f}%")
 
