@@ -18,8 +18,8 @@ def tiny_model():
 
 def batch(seed):
     g = torch.Generator().manual_seed(seed)
-    return make_batch({IMG: torch.randint(0, 64, (2, 16), generator=g), SEQ: torch.randint(7, 100, (2, 22), generator=g)},
-                      inputs={IMG: [0, 1, 2], SEQ: [0, 1]}, targets={IMG: [5, 6, 7], SEQ: list(range(10, 16))})
+    tokens = {IMG: torch.randint(0, 64, (2, 16), generator=g), SEQ: torch.randint(7, 100, (2, 22), generator=g)}
+    return make_batch(tokens, inputs={IMG: [0, 1, 2], SEQ: [0, 1]}, targets={IMG: [5, 6, 7], SEQ: list(range(10, 16))})
 
 
 def test_official_weight_decay_groups():
@@ -44,6 +44,6 @@ def test_step_in_backward_equals_the_standard_loop():
         opt.zero_grad(set_to_none=True)
         hooked(batch(step), 8, 16)[0].backward()
         assert all(p.grad is None for p in hooked.parameters())
-    for (name, a), b in zip(plain.named_parameters(), hooked.parameters()):
+    for (name, a), b in zip(plain.named_parameters(), hooked.parameters(), strict=True):
         assert torch.equal(a, b), name
     in_backward.remove()

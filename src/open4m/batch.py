@@ -48,7 +48,9 @@ def _positions_to_mask(spec, batch_size: int, n: int, name: str, what: str) -> t
         return torch.zeros(batch_size, n, dtype=torch.bool)
     if isinstance(spec, str):
         if spec != "all":
-            raise ValueError(f"modality {name!r}: {what} positions must be 'all', a list of ints or a mask, got {spec!r}")
+            raise ValueError(
+                f"modality {name!r}: {what} positions must be 'all', a list of ints or a mask, got {spec!r}"
+            )
         return torch.ones(batch_size, n, dtype=torch.bool)
     if isinstance(spec, torch.Tensor) and spec.dtype == torch.bool:
         if tuple(spec.shape) != (batch_size, n):
@@ -140,7 +142,9 @@ def validate_batch(batch: Mapping[str, Mapping[str, torch.Tensor]], needs_target
         mod = modalities.get(name)
         if not isinstance(d, Mapping):
             raise ValueError(f"modality {name!r}: expected a dict with 'tensor' and masks, got {type(d).__name__}")
-        required = ["tensor", "input_mask", "target_mask"] + (["decoder_attention_mask"] if name in needs_targets else [])
+        required = ["tensor", "input_mask", "target_mask"]
+        if name in needs_targets:
+            required.append("decoder_attention_mask")
         missing = [k for k in required if k not in d]
         if missing:
             raise ValueError(f"modality {name!r}: batch entry is missing {missing} (has {sorted(d)})")

@@ -109,8 +109,11 @@ def test_gradients_and_tied_heads():
     assert small(norm_bias=False) and not FourM(small(norm_bias=False)).encoder_norm.bias.requires_grad
 
 
-@pytest.mark.parametrize("variant", [dict(qk_norm=True), dict(num_register_tokens=3), dict(gated_mlp=True, act_layer="SiLU"),
-                                     dict(decoder_causal_mask=True), dict(use_act_checkpoint=True)])
+VARIANTS = [dict(qk_norm=True), dict(num_register_tokens=3), dict(gated_mlp=True, act_layer="SiLU"),
+            dict(decoder_causal_mask=True), dict(use_act_checkpoint=True)]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_variants_train(variant):
     torch.manual_seed(0)
     model = FourM(small(**variant)).train()
@@ -131,7 +134,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
     ckpt.load_state_dict(plain.state_dict())
     for m in (plain, ckpt):
         m(a_batch(), 16, 40)[0].backward()
-    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
         if p.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
 

@@ -6,6 +6,6 @@ from open4m.model.fourm import DecoderInput, EncoderInput, FourM
 from open4m.model.vit import FourMViT
 
 __all__ = [
-    "CheckpointMismatch", "DecoderInput", "EncoderInput", "FourM", "FourMConfig", "FourMViT", "from_pretrained", "preset",
-    "preset_names", "save_pretrained",
+    "CheckpointMismatch", "DecoderInput", "EncoderInput", "FourM", "FourMConfig", "FourMViT", "from_pretrained",
+    "preset", "preset_names", "save_pretrained",
 ]

@@ -37,7 +37,10 @@ from open4m.model.layers import Block, DecoderBlock, LayerNorm, mask_to_bias
 
 @dataclass
 class EncoderInput:
-    """The encoder's slots. tokens, emb (B, n, D); mask (B, n) bool, True = padding; mod_ids (B, n) int16, -1 = padding."""
+    """The encoder's slots.
+
+    tokens, emb (B, n, D); mask (B, n) bool, True = padding; mod_ids (B, n) int16, -1 = padding.
+    """
 
     tokens: torch.Tensor
     emb: torch.Tensor
@@ -77,9 +80,8 @@ class FourM(nn.Module):
         dim = c.dim
         norm_layer = _norm_layer(c.norm_bias)
 
-        self.encoder_embeddings = nn.ModuleDict(
-            {name: encoder_embedding(modalities.get(name), dim) for name in c.domains_in if modalities.get(name).has_encoder}
-        )
+        inputs = [name for name in c.domains_in if modalities.get(name).has_encoder]
+        self.encoder_embeddings = nn.ModuleDict({name: encoder_embedding(modalities.get(name), dim) for name in inputs})
         self.decoder_embeddings = nn.ModuleDict(
             {name: decoder_embedding(modalities.get(name), dim, c.tie_decoder_embeddings) for name in c.domains_out}
         )
