@@ -1,0 +1,13 @@
+"""Learned image tokenizers: conv VQ-VAEs with cosine-EMA VQ or FSQ, one per world image modality.
+
+Public entry points: :class:`ImageTokenizer` (encode / decode / save / load), :func:`train_tokenizer`,
+:func:`evaluate_tokenizer`, and the quantizers :class:`CosineVQ` and :class:`FSQ`.
+"""
+
+from open4m.vq.autoencoder import Autoencoder, TokenizerConfig
+from open4m.vq.quantizers import FSQ, CosineVQ, Quantizer, QuantizerOutput
+from open4m.vq.tokenizer import ImageTokenizer
+
+__all__ = [
+    "Autoencoder", "CosineVQ", "FSQ", "ImageTokenizer", "Quantizer", "QuantizerOutput", "TokenizerConfig",
+]
