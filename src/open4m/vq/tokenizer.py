@@ -66,6 +66,10 @@ class ImageTokenizer:
         self.batch_size = batch_size
 
     @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
     def vocab_size(self) -> int:
         return self.config.vocab_size
 
@@ -85,7 +89,7 @@ class ImageTokenizer:
         raw = self.adapter.check(raw)
         self.model.eval()
         ids = [
-            self.model.quantize(self.adapter.to_input(raw[i : i + self.batch_size])).ids
+            self.model.quantize(self.adapter.to_input(raw[i : i + self.batch_size]).to(self.device)).ids.cpu()
             for i in range(0, len(raw), self.batch_size)
         ]
         return torch.cat(ids).numpy()
@@ -95,9 +99,10 @@ class ImageTokenizer:
         """Tokens ``(h, w)`` or ``(B, h, w)`` of any integer dtype → the raw batch ``(B, H, W[, C])``."""
         tokens = self.check_tokens(tokens)
         self.model.eval()
+        ids = torch.from_numpy(tokens)
         out = [
-            self.adapter.to_raw(self.model.decode_ids(torch.from_numpy(tokens[i : i + self.batch_size]).long()))
-            for i in range(0, len(tokens), self.batch_size)
+            self.adapter.to_raw(self.model.decode_ids(ids[i : i + self.batch_size].to(self.device)))
+            for i in range(0, len(ids), self.batch_size)
         ]
         return np.concatenate(out)
 
@@ -126,7 +131,7 @@ class ImageTokenizer:
         """Write ``config.json`` and ``model.safetensors`` (config also in its metadata) atomically."""
         directory = Path(directory)
         config = {"format": FORMAT, **self.config.to_dict()}
-        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         metadata = {"config": json.dumps(config)}
         write_atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata=metadata))
         write_json_atomic(directory / CONFIG_FILE, config)

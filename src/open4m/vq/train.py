@@ -61,7 +61,8 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = False  # autocast the network to bfloat16 (the quantizer always runs in float32)
     channels_last: bool = False
-    threads: int = 0  # torch.set_num_threads when > 0
+    threads: int = 0  # torch.set_num_threads during training when > 0
+    device: str = "cpu"  # "cuda" trains on a GPU (exact resume is guaranteed on CPU)
     checkpoint_every: int = 200
     preview_every: int = 200
 
@@ -126,18 +127,24 @@ def _cycle_batches(samples: Iterable[dict], key: str, size: int, skip: int) -> I
 
 
 def _save_checkpoint(path: Path, model: Autoencoder, opt: torch.optim.Optimizer, state: dict) -> None:
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt_state = opt.state_dict()
     for pid, slots in opt_state["state"].items():
-        tensors.update({f"optim.{pid}.{k}": v.detach().contiguous() for k, v in slots.items()})
+        tensors.update({f"optim.{pid}.{k}": v.detach().cpu().contiguous() for k, v in slots.items()})
     tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
     meta = {"state": json.dumps({**state, "param_groups": opt_state["param_groups"]})}
     write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def _load_checkpoint(path: Path, model: Autoencoder, opt: torch.optim.Optimizer) -> dict:
+    """Restore model, optimizer and RNG from ``path``; return the training state. The tokenizer config must match."""
     with safe_open(str(path), framework="pt") as f:
         state = json.loads(f.metadata()["state"])
+        if state["tokenizer"] != model.config.to_dict():
+            raise ValueError(f"cannot resume {path.parent}: its tokenizer config differs from the given one "
+                             f"(saved {state['tokenizer']})")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     slots: dict[int, dict[str, torch.Tensor]] = {}
@@ -147,6 +154,8 @@ def _load_checkpoint(path: Path, model: Autoencoder, opt: torch.optim.Optimizer)
             slots.setdefault(int(pid), {})[name] = v
     opt.load_state_dict({"state": slots, "param_groups": state.pop("param_groups")})
     torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
     return state
 
 
@@ -194,10 +203,12 @@ def train_tokenizer(
     rank, world, owns_group = _init_distributed()
     if train.batch_size % world:
         raise ValueError(f"batch_size {train.batch_size} is not divisible by the {world} torchrun processes")
+    threads_before = torch.get_num_threads()
     if train.threads > 0:
         torch.set_num_threads(train.threads)
     torch.manual_seed(train.seed)
-    model = Autoencoder(config)
+    device = torch.device(train.device)
+    model = Autoencoder(config).to(device)
     if isinstance(model.quantizer, CosineVQ):
         tokens_per_step = train.batch_size * config.grid_size**2
         model.quantizer.dead_code_threshold = tokens_per_step / config.codebook_size / train.dead_code_coef
@@ -205,9 +216,6 @@ def train_tokenizer(
     state = {"step": 0, "samples_seen": 0, "elapsed_s": 0.0, "tokenizer": config.to_dict()}
     if resume:
         state = _load_checkpoint(ckpt_path, model, opt)
-        if state["tokenizer"] != config.to_dict():
-            raise ValueError(f"cannot resume {out}: its tokenizer config differs from the given one "
-                             f"(saved {state['tokenizer']})")
     if train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
@@ -224,16 +232,16 @@ def train_tokenizer(
         while state["step"] < train.steps:
             raw = np.concatenate([adapter.check(a) for a in next(batches)])
             local = raw[rank * per_rank : (rank + 1) * per_rank]
-            x = adapter.to_input(local)
+            x = adapter.to_input(local).to(device)
             if train.channels_last and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             for group in opt.param_groups:
                 group["lr"] = train.lr_at(state["step"])
             model.train()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=train.bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.bf16):
                 pred, q = net(x)
-            loss, parts = reconstruction_loss(config.modality, pred, adapter.to_target(local),
-                                              edge_pos_weight=train.edge_pos_weight)
+            target = {k: v.to(device) for k, v in adapter.to_target(local).items()}
+            loss, parts = reconstruction_loss(config.modality, pred, target, edge_pos_weight=train.edge_pos_weight)
             loss = loss + q.aux_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -253,6 +261,7 @@ def train_tokenizer(
                 _save_checkpoint(ckpt_path, model, opt, state)
     finally:
         bar.close()
+        torch.set_num_threads(threads_before)
         if owns_group:
             dist.destroy_process_group()
     if rank == 0:
