@@ -14,7 +14,7 @@ def tiny_config(modality: str = "rgb", **kw) -> TokenizerConfig:
 
 
 def tiny_train(**kw) -> TrainConfig:
-    base = dict(steps=4, batch_size=8, lr=3e-3, warmup_steps=2, checkpoint_every=2, preview_every=2)
+    base = dict(steps=4, batch_size=8, lr=3e-3, warmup_steps=2, checkpoint_every=2, preview_every=2, threads=1)
     return TrainConfig(**{**base, **kw})
 
 

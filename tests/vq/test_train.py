@@ -22,7 +22,7 @@ def held_out():
 
 @pytest.mark.parametrize(
     ("modality", "metric", "better"),
-    [("rgb", "psnr_db", 6.0), ("semseg", "miou", 0.3), ("depth", "abs_rel", -0.2)],
+    [("rgb", "psnr_db", 6.0), ("semseg", "miou", 0.15), ("depth", "abs_rel", -0.2)],
 )
 def test_training_improves_reconstruction_and_codebook_usage(modality, metric, better, tiny_samples, held_out,
                                                             tmp_path):
@@ -83,7 +83,8 @@ def test_outputs_checkpoint_preview_and_summary(tiny_samples, tmp_path):
         state = json.loads(f.metadata()["state"])
         keys = set(f.keys())
     assert state["step"] == 4 and state["samples_seen"] == 32 and state["tokenizer"]["modality"] == "normal"
-    assert "rng.torch" in keys and any(k.startswith("optim.") for k in keys) and any(k.startswith("model.") for k in keys)
+    assert "rng.torch" in keys
+    assert any(k.startswith("optim.") for k in keys) and any(k.startswith("model.") for k in keys)
     assert Image.open(tmp_path / "preview.png").size == (8 * 16, 2 * 16)  # 8 inputs over 8 reconstructions
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     assert summary["steps"] == 4 and summary["train_seconds"] > 0

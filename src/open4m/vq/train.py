@@ -65,6 +65,7 @@ class TrainConfig:
     device: str = "cpu"  # "cuda" trains on a GPU (exact resume is guaranteed on CPU)
     checkpoint_every: int = 200
     preview_every: int = 200
+    log_every: int = 50  # steps between entries of the loss / codebook-usage history in train_summary.json
 
     def lr_at(self, step: int) -> float:
         """Linear warmup to ``lr``, then cosine decay to ``min_lr`` at ``steps``."""
@@ -213,7 +214,7 @@ def train_tokenizer(
         tokens_per_step = train.batch_size * config.grid_size**2
         model.quantizer.dead_code_threshold = tokens_per_step / config.codebook_size / train.dead_code_coef
     opt = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
-    state = {"step": 0, "samples_seen": 0, "elapsed_s": 0.0, "tokenizer": config.to_dict()}
+    state = {"step": 0, "samples_seen": 0, "elapsed_s": 0.0, "tokenizer": config.to_dict(), "history": []}
     if resume:
         state = _load_checkpoint(ckpt_path, model, opt)
     if train.channels_last:
@@ -253,6 +254,9 @@ def train_tokenizer(
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", usage=f"{stats['batch_usage']:.2f}", refresh=False)
             done = state["step"] == train.steps
+            if state["step"] % train.log_every == 0 or done:
+                state["history"].append({"step": state["step"], "loss": round(float(loss.detach()), 6),
+                                         "batch_usage": round(stats["batch_usage"], 4)})
             if rank == 0 and (done or state["step"] % train.preview_every == 0):
                 _save_preview(out / PREVIEW_FILE, tokenizer, raw[:8])
             if rank == 0 and (done or state["step"] % train.checkpoint_every == 0):
@@ -267,7 +271,8 @@ def train_tokenizer(
     if rank == 0:
         summary = {"modality": config.modality, "steps": state["step"], "train_seconds": state["elapsed_s"],
                    "batch_size": train.batch_size, "processes": world, "final_loss_parts": parts,
-                   "final_batch_stats": stats, "parameters": sum(p.numel() for p in model.parameters())}
+                   "final_batch_stats": stats, "parameters": sum(p.numel() for p in model.parameters()),
+                   "history": state["history"]}
         write_json_atomic(out / SUMMARY_FILE, summary)
     tokenizer.model.eval()
     return tokenizer
