@@ -1,7 +1,8 @@
 """Learned image tokenizers: conv VQ-VAEs with cosine-EMA VQ or FSQ, one per world image modality.
 
-Public entry points: :class:`ImageTokenizer` (encode / decode / save / load), :func:`train_tokenizer`,
-:func:`evaluate_tokenizer`, and the quantizers :class:`CosineVQ` and :class:`FSQ`.
+Public entry points: :class:`ImageTokenizer` (encode / decode / save / load), the quantizers
+:class:`CosineVQ` and :class:`FSQ`, ``open4m.vq.train.train_tokenizer`` and
+``open4m.vq.evaluate.evaluate_tokenizer``; ``open4m.vq.samples`` has the toy scenes and data sources.
 """
 
 from open4m.vq.autoencoder import Autoencoder, TokenizerConfig

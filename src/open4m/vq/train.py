@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from open4m.vq.adapters import ModalityAdapter
 from open4m.vq.autoencoder import Autoencoder, TokenizerConfig
 from open4m.vq.losses import reconstruction_loss
 from open4m.vq.quantizers import CosineVQ
@@ -168,6 +169,32 @@ def _save_preview(path: Path, tokenizer: ImageTokenizer, raw: np.ndarray) -> Non
     write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
+def _train_step(
+    net: torch.nn.Module,
+    model: Autoencoder,
+    opt: torch.optim.Optimizer,
+    adapter: ModalityAdapter,
+    raw: np.ndarray,
+    train: TrainConfig,
+) -> tuple[float, dict[str, float], dict[str, float]]:
+    """One optimiser step on this process's raw batch; returns (loss, loss parts, quantizer stats)."""
+    device = next(model.parameters()).device
+    x = adapter.to_input(raw).to(device)
+    if train.channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    model.train()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.bf16):
+        pred, q = net(x)
+    target = {k: v.to(device) for k, v in adapter.to_target(raw).items()}
+    loss, parts = reconstruction_loss(adapter.name, pred, target, edge_pos_weight=train.edge_pos_weight)
+    loss = loss + q.aux_loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+    opt.step()
+    return float(loss.detach()), parts, q.stats
+
+
 def _init_distributed() -> tuple[int, int, bool]:
     """(rank, world size, whether this call created the process group)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -208,8 +235,7 @@ def train_tokenizer(
     if train.threads > 0:
         torch.set_num_threads(train.threads)
     torch.manual_seed(train.seed)
-    device = torch.device(train.device)
-    model = Autoencoder(config).to(device)
+    model = Autoencoder(config).to(torch.device(train.device))
     if isinstance(model.quantizer, CosineVQ):
         tokens_per_step = train.batch_size * config.grid_size**2
         model.quantizer.dead_code_threshold = tokens_per_step / config.codebook_size / train.dead_code_coef
@@ -233,29 +259,16 @@ def train_tokenizer(
         while state["step"] < train.steps:
             raw = np.concatenate([adapter.check(a) for a in next(batches)])
             local = raw[rank * per_rank : (rank + 1) * per_rank]
-            x = adapter.to_input(local).to(device)
-            if train.channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
             for group in opt.param_groups:
                 group["lr"] = train.lr_at(state["step"])
-            model.train()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.bf16):
-                pred, q = net(x)
-            target = {k: v.to(device) for k, v in adapter.to_target(local).items()}
-            loss, parts = reconstruction_loss(config.modality, pred, target, edge_pos_weight=train.edge_pos_weight)
-            loss = loss + q.aux_loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-            opt.step()
+            loss, parts, stats = _train_step(net, model, opt, adapter, local, train)
             state["step"] += 1
             state["samples_seen"] += train.batch_size
-            stats = q.stats
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", usage=f"{stats['batch_usage']:.2f}", refresh=False)
+            bar.set_postfix(loss=f"{loss:.4f}", usage=f"{stats['batch_usage']:.2f}", refresh=False)
             done = state["step"] == train.steps
             if state["step"] % train.log_every == 0 or done:
-                state["history"].append({"step": state["step"], "loss": round(float(loss.detach()), 6),
+                state["history"].append({"step": state["step"], "loss": round(loss, 6),
                                          "batch_usage": round(stats["batch_usage"], 4)})
             if rank == 0 and (done or state["step"] % train.preview_every == 0):
                 _save_preview(out / PREVIEW_FILE, tokenizer, raw[:8])
