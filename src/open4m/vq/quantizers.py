@@ -74,7 +74,8 @@ class CosineVQ(Quantizer):
     """Cosine-similarity vector quantizer with an EMA codebook and dead-code restarts.
 
     Latents and codes are l2-normalised; each position takes the code of highest cosine similarity.
-    In training, each used code moves towards the l2-normalised mean of the latents assigned to it
+    In training, after quantizing with the current codebook, each used code moves towards the
+    l2-normalised mean of the latents assigned to it
     (EMA with ``decay``; unused codes stay put), and a code whose EMA assignment count falls below
     ``dead_code_threshold`` is replaced by a random latent of the current batch. The codebook is
     initialised from batch latents on the first training step. The only loss is the commitment loss
@@ -113,16 +114,16 @@ class CosineVQ(Quantizer):
         b, d, h, w = z.shape
         z = z.float()
         flat = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, d), dim=-1)  # (N, D)
+        if self.training and not bool(self.initted):
+            with torch.no_grad():
+                self._init_codebook(flat)
+        ids = (flat @ self.embed.t()).argmax(dim=-1)
+        codes = self.embed[ids]  # (N, D), a copy: the updates below do not change it
         restarts = 0
         if self.training:
             with torch.no_grad():
-                if not bool(self.initted):
-                    self._init_codebook(flat)
-                ids = (flat @ self.embed.t()).argmax(dim=-1)
                 self._ema_update(flat, ids)
                 restarts = self._restart_dead_codes(flat)
-        ids = (flat @ self.embed.t()).argmax(dim=-1)
-        codes = self.embed[ids]  # (N, D)
         aux = self.commitment_weight * F.mse_loss(flat, codes.detach()) if self.training else flat.new_zeros(())
         quantized = flat + (codes - flat).detach()
         z_q = quantized.reshape(b, h, w, d).permute(0, 3, 1, 2).contiguous()
