@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from vq_helpers import tiny_config
 
 from open4m.vq.evaluate import (
     depth_abs_rel,

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from vq_helpers import tiny_config
 
 from open4m import modalities
 from open4m.vq.adapters import build_adapter

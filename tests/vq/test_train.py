@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_config, tiny_train
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
+from vq_helpers import tiny_config, tiny_train
 
 from open4m.vq.evaluate import evaluate_tokenizer
 from open4m.vq.samples import synthetic_sample
