@@ -40,3 +40,8 @@ def test_errors_are_one_clean_line(tmp_path, capsys):
     assert main(["tokenizer", "train", "--modality", "semseg", "--config", str(tmp_path / "no.yaml"),
                  "--out", str(tmp_path / "x")]) == 2
     assert "no.yaml not found" in capsys.readouterr().err
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(cfg.read_text().replace("steps: 3", "stepz: 3"))
+    assert main(["tokenizer", "train", "--modality", "semseg", "--config", str(typo),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "train config: unknown keys ['stepz']" in capsys.readouterr().err

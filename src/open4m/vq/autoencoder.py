@@ -20,6 +20,15 @@ from open4m.vq.adapters import MODALITIES, ModalityAdapter, build_adapter
 from open4m.vq.quantizers import Quantizer, QuantizerOutput, build_quantizer
 
 
+def dataclass_from_dict(cls: type, d: dict, what: str):
+    """``cls(**d)``, with a clear error naming ``what`` and the known keys when ``d`` has unknown ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown keys {unknown}; known keys: {sorted(known)}")
+    return cls(**d)
+
+
 @dataclass
 class TokenizerConfig:
     """Everything needed to rebuild a tokenizer (saved as its ``config.json``).
@@ -78,11 +87,7 @@ class TokenizerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TokenizerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"tokenizer config: unknown keys {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "tokenizer config")
 
     def adapter(self) -> ModalityAdapter:
         return build_adapter(

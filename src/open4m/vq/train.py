@@ -17,7 +17,6 @@ uninterrupted run.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -37,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from open4m.vq.adapters import ModalityAdapter
-from open4m.vq.autoencoder import Autoencoder, TokenizerConfig
+from open4m.vq.autoencoder import Autoencoder, TokenizerConfig, dataclass_from_dict
 from open4m.vq.losses import reconstruction_loss
 from open4m.vq.quantizers import CosineVQ
 from open4m.vq.tokenizer import ImageTokenizer, write_atomic, write_json_atomic
@@ -77,13 +76,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"train config: unknown keys {unknown}; known keys: {sorted(known)}")
         if "betas" in d:
             d = {**d, "betas": tuple(d["betas"])}
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "train config")
 
 
 def load_config(path: str | Path, modality: str | None = None) -> tuple[TokenizerConfig, TrainConfig, dict]:
