@@ -74,8 +74,9 @@ def test_budget_spread_follows_the_beta_marginal(mod7_budgets):
 
 @pytest.mark.parametrize("batched", [False, True])
 def test_budgets_never_exceed_their_caps(batched):
-    masking = UnifiedMasking(MaskingConfig.from_yaml("configs/mixtures/world.yaml", input_tokens=[0, 300],
-                                                     target_tokens=[0, 300]))
+    # budgets large enough that every image modality (256 tokens) reaches its cap in some draws
+    masking = UnifiedMasking(MaskingConfig.from_yaml("configs/mixtures/world.yaml", input_tokens=[0, 1500],
+                                                     target_tokens=[0, 1500]))
     caps = np.array([modalities.get(n).max_tokens for n in masking.mixture.names])
     is_image = np.array([modalities.get(n).is_image for n in masking.mixture.names])
     rng = np.random.default_rng(1)

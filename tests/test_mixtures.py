@@ -67,14 +67,26 @@ def test_expected_share_of_the_official_mod7_mixture(tmp_path):
     assert mix.expected_share("target") == pytest.approx(np.where(np.arange(8) == rgb, 0.0, 1 / 7), abs=1e-9)
 
 
-def test_our_format_with_budgets_and_declared_modalities():
+def test_world_mixture_uses_the_registered_world_modalities():
     cfg = MaskingConfig.from_yaml("configs/mixtures/world.yaml")
     assert cfg.input_tokens == (64, 64) and cfg.target_tokens == (64, 64)
-    assert modalities.get("tok_depth@64").grid_size == 8
+    assert modalities.get("tok_depth@64").grid_size == 16
     assert modalities.get("rgb@64").kind == "pixels"
     assert cfg.mixture.num_components == 3
-    # loading again is a no-op for the registry
-    assert MaskingConfig.from_yaml("configs/mixtures/world.yaml").mixture.names == cfg.mixture.names
+
+
+def test_declared_modalities_are_registered_once(tmp_path):
+    path = tmp_path / "mix.yaml"
+    path.write_text("input_tokens: 8\ntarget_tokens: 8\nmodalities:\n"
+                    "  tok_declared@32: {kind: image_tokens, vocab_size: 64, image_size: 32, patch_size: 8}\n"
+                    "alphas_mixture:\n  tok_declared@32:\n    input_alphas: [1.0]\n    target_alphas: [1.0]\n")
+    cfg = MaskingConfig.from_yaml(path)
+    assert modalities.get("tok_declared@32").grid_size == 4
+    # loading again is a no-op for the registry; a conflicting declaration is a clear error
+    assert MaskingConfig.from_yaml(path).mixture.names == cfg.mixture.names
+    path.write_text(path.read_text().replace("vocab_size: 64", "vocab_size: 65"))
+    with pytest.raises(ValueError, match="tok_declared@32"):
+        MaskingConfig.from_yaml(path)
 
 
 def test_arguments_override_file_budgets():

@@ -100,6 +100,50 @@ def _add_world_parser(sub) -> None:
 
 
 # --- end of open4m world -----------------------------------------------------------------------------------
+# --- tokenizer: learned image tokenizers (open4m.vq) ------------------------------------------------
+
+
+def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from open4m.vq.samples import open_samples
+    from open4m.vq.train import load_config, train_tokenizer
+
+    config, train, _ = load_config(args.config, args.modality)
+    samples = open_samples(args.data, image_size=config.image_size, num_classes=config.num_classes)
+    train_tokenizer(config, samples, args.out, train=train, resume=args.resume)
+    print(f"tokenizer {config.modality} written to {args.out}")
+    return 0
+
+
+def _cmd_tokenizer_eval(args: argparse.Namespace) -> int:
+    from open4m.vq.evaluate import evaluate_tokenizer, format_metrics
+    from open4m.vq.samples import open_samples
+    from open4m.vq.tokenizer import ImageTokenizer
+
+    tokenizer = ImageTokenizer.load(args.tokenizer)
+    samples = open_samples(args.data, image_size=tokenizer.config.image_size, num_classes=tokenizer.config.num_classes)
+    print(format_metrics(evaluate_tokenizer(tokenizer, samples, args.num_samples)))
+    return 0
+
+
+def _add_tokenizer_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tokenizer", help="train and evaluate tokenizers")
+    tsub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
+    t = tsub.add_parser("train", help="train an image tokenizer (VQ-VAE with cosine-EMA VQ or FSQ)")
+    t.add_argument("--modality", required=True, choices=["rgb", "depth", "normal", "semseg", "edges"])
+    t.add_argument("--config", required=True, help="YAML, e.g. configs/tokenizers/rgb.yaml")
+    t.add_argument("--data", default="synthetic", help="'synthetic[:SEED]' toy scenes or a folder of *.npz samples")
+    t.add_argument("--out", required=True, help="output folder (tokenizer, checkpoint, preview.png)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.set_defaults(func=_cmd_tokenizer_train)
+    e = tsub.add_parser("eval", help="reconstruction metrics and codebook usage of an image tokenizer")
+    e.add_argument("--tokenizer", required=True, help="folder written by `open4m tokenizer train`")
+    e.add_argument("--data", default="synthetic:1", help="held-out data: 'synthetic[:SEED]' or a folder of *.npz")
+    e.add_argument("--num-samples", type=int, default=1000)
+    e.set_defaults(func=_cmd_tokenizer_eval)
+    _add_tokenizer_text_parsers(tsub)
+
+
+# --- end tokenizer ----------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,10 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("modalities", help="list the registered modalities and their sizes")
     p.set_defaults(func=_cmd_modalities)
 
-    p = sub.add_parser("tokenizer", help="train and evaluate tokenizers")
-    tok_sub = p.add_subparsers(dest="tokenizer_command", metavar="TOKENIZER_COMMAND")
-    p.set_defaults(func=lambda args, p=p: p.print_help() or 0)
-    _add_tokenizer_text_parsers(tok_sub)
+    _add_tokenizer_commands(sub)
     _add_world_parser(sub)
     return parser
 

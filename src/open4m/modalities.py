@@ -245,3 +245,20 @@ FOURM21_DOMAINS_IN = [
     "tok_imagebind_global", "tok_sam_edge@224", "tok_canny_edge@224", "color_palette", "sam_instance",
 ]
 FOURM21_DOMAINS_OUT = [d for d in FOURM21_DOMAINS_IN if d not in ("t5_caption", "rgb@224")]
+
+
+def _register_world() -> None:
+    """The embedded world's image modalities (open4m.vq tokenizers, configs/tokenizers/*.yaml).
+
+    64 px images and 4 px patches, so 16 x 16 tokens; one cosine-EMA VQ codebook of 1024 codes each.
+    """
+    size, patch, vocab = 64, 4, 1024
+    pixels(f"rgb@{size}", size, patch, tokenizer="none (pixels scaled to [-1, 1])", path="rgb")
+    for name in ("rgb", "depth", "normal", "semseg", "edges"):
+        image_tokens(
+            f"tok_{name}@{size}", vocab, size, patch,
+            tokenizer=f"open4m.vq {name} VQ-VAE (configs/tokenizers/{name}.yaml)", path=f"tok_{name}",
+        )
+
+
+_register_world()
