@@ -8,8 +8,8 @@ captioning feeds the prefix by teacher forcing and stops at the final target tok
 
 import pytest
 import torch
-from generation_helpers import FIXTURES, text_tokenizer
 
+from generation_helpers import FIXTURES, text_tokenizer
 from open4m.batch import make_batch
 from open4m.generation import Sampler, TargetSpec
 from open4m.generation.schedules import token_schedule

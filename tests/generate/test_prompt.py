@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from generation_helpers import small_model, text_tokenizer
 
+from generation_helpers import small_model, text_tokenizer
 from open4m.generation import Partial, TargetSpec, generate
 
 
@@ -88,14 +88,16 @@ def test_partial_caption_is_continued(model, tok):
     [
         ({"caption": "a cube"}, ["tok_normal@224"], "cannot generate 'tok_normal@224'"),
         ({"caption": "a cube"}, ["rgb@224"], "cannot generate 'rgb@224'"),
-        ({"tok_rgb@224": torch.zeros(7, 7, dtype=torch.long)}, ["caption"], r"'tok_rgb@224': expected token ids \(14, 14\)"),
+        ({"tok_rgb@224": torch.zeros(7, 7, dtype=torch.long)}, ["caption"],
+         r"'tok_rgb@224': expected token ids \(14, 14\)"),
         ({"tok_rgb@224": np.zeros((224, 224), np.float32)}, ["caption"], "needs an image tokenizer"),
         ({"caption": "cube " * 300}, ["tok_depth@224"], "'caption': 300 tokens is too long"),
         ({"tok_rgb@224": torch.zeros(14, 14, dtype=torch.long)}, [TargetSpec("tok_depth@224", steps=0)],
          "positive int"),
         ({"tok_rgb@224": torch.zeros(14, 14, dtype=torch.long)}, [TargetSpec("tok_depth@224", steps=197)],
          "197 decoding steps for only 196 tokens"),
-        ({"tok_rgb@224": torch.zeros(14, 14, dtype=torch.long) + 20000}, ["tok_depth@224"], r"must lie in \[0, 16384\)"),
+        ({"tok_rgb@224": torch.zeros(14, 14, dtype=torch.long) + 20000}, ["tok_depth@224"],
+         r"must lie in \[0, 16384\)"),
         ({"tok_depth@224": Partial(torch.zeros(14, 14, dtype=torch.long), torch.ones(3, 3, dtype=torch.bool))},
          ["tok_depth@224"], "known mask must be"),
         ({"tok_depth@224": torch.zeros(14, 14, dtype=torch.long)}, ["tok_depth@224"], "give it as Partial"),

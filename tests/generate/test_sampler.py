@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from generation_helpers import caption_state, image_state, small_model, text_tokenizer
 
+from generation_helpers import caption_state, image_state, small_model, text_tokenizer
 from open4m.generation import Sampler, TargetSpec
 from open4m.generation.sampling import filter_logits, make_generators, sample
 
