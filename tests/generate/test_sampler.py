@@ -188,3 +188,14 @@ def test_bad_sampler_input_fails_before_compute(model, tok, rgb):
         sampler.check(state, [TargetSpec("tok_depth@224", scheme="autoregressive")])
     with pytest.raises(ValueError, match="not conditions"):
         sampler.check(state, [TargetSpec("tok_depth@224", guidance={"caption": 2.0})])
+
+
+def test_sampling_follows_the_distribution_and_never_picks_filtered_tokens():
+    probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    logits = probs.log().expand(1, 20000, 4)
+    tokens, conf = sample(logits, 1.0, make_generators(0, 1))
+    freq = torch.bincount(tokens.flatten(), minlength=4).float() / tokens.numel()
+    torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)
+    torch.testing.assert_close(conf, probs[tokens])
+    hot, _ = sample(logits, 0.25, make_generators(0, 1))  # low temperature sharpens towards the mode
+    assert (hot == 0).float().mean() > 0.8

@@ -69,7 +69,12 @@ def sample(
         return tokens, conf
     probs = (filter_logits(logits, top_k, top_p) / temperature).softmax(dim=-1)
     b, n, v = probs.shape
-    tokens = torch.stack([torch.multinomial(probs[i], 1, generator=generators[i])[:, 0] for i in range(b)])
+    # Inverse-CDF draw (one uniform per position from the row's generator): the same distribution as
+    # torch.multinomial, several times faster for MaskGIT's (N, V) draws. right=True never lands on a
+    # zero-probability token (its cumulative sum equals its predecessor's).
+    cdf = probs.cumsum(dim=-1)
+    u = torch.stack([torch.rand(n, 1, generator=g, device=probs.device) for g in generators[:b]])
+    tokens = torch.searchsorted(cdf, u * cdf[..., -1:], right=True)[..., 0].clamp_(max=v - 1)
     return tokens, probs.gather(-1, tokens[..., None])[..., 0]
 
 
