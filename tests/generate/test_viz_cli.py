@@ -73,3 +73,16 @@ def test_grid_shows_token_maps_before_image_tokenizers_exist():
     pic = viz.render("tok_depth@224", torch.tensor([[1, 2], [3, 4]]))
     assert pic.size == (viz.TILE, viz.TILE)
     assert len({pic.getpixel((0, 0)), pic.getpixel((viz.TILE - 1, viz.TILE - 1))}) == 2
+
+
+def test_condition_files_parse_to_tokens_pixels_and_text(tmp_path):
+    from open4m.generation.runner import parse_condition
+
+    Image.new("RGB", (50, 40), (124, 116, 104)).save(tmp_path / "photo.png")  # ~ the ImageNet mean colour
+    name, pixels = parse_condition(f"rgb@224={tmp_path / 'photo.png'}")
+    assert name == "rgb@224" and pixels.shape == (3, 224, 224) and np.abs(pixels).max() < 0.02
+    assert parse_condition("caption=a red cube = here") == ("caption", "a red cube = here")
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_condition("a red cube")
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        parse_condition("tok_rgb@224=missing.npy")

@@ -18,6 +18,8 @@ from open4m.generation.prompt import GenerationResult, generate
 from open4m.generation.sampler import TargetSpec
 
 TEXT_TOKENIZER_FILES = ("text_tokenizer.json", "tokenizer.json")
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def parse_condition(spec: str) -> tuple[str, object]:
@@ -36,8 +38,15 @@ def parse_condition(spec: str) -> tuple[str, object]:
 
         if not Path(value).is_file():
             raise FileNotFoundError(f"{name}: image {value} not found")
+        mod = modalities.get(name)
         with Image.open(value) as image:
-            return name, np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+            image = image.convert("RGB")
+            if mod.kind == "pixels":  # the model's own input: resized and ImageNet-normalised (3, H, W)
+                image = image.resize((mod.image_size, mod.image_size), Image.BICUBIC)
+            pixels = np.asarray(image, dtype=np.float32) / 255.0
+        if mod.kind == "pixels":
+            return name, ((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
+        return name, pixels
     return name, value
 
 
