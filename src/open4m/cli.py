@@ -126,7 +126,8 @@ def _add_generate_parser(sub) -> None:
     p.add_argument("--model", required=True, help="model folder (config.json + model.safetensors)")
     p.add_argument("--from", dest="conditions", action="append", default=[], metavar="NAME=VALUE",
                    help="a condition: caption=\"text\", tok_rgb@224=tokens.npy, tok_rgb@224=photo.png (repeatable)")
-    p.add_argument("--to", required=True, help="comma-separated targets in order, or 'all'")
+    p.add_argument("--to", required=True,
+                   help="comma-separated targets in order (short names like depth work), or 'all'")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--text-tokenizer", help="text tokenizer json (default: one saved in the model folder)")
     p.add_argument("--scheme", choices=["maskgit", "roar"], help="image decoding scheme (default maskgit)")

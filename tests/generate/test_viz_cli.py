@@ -49,13 +49,13 @@ def test_cli_generate_writes_a_grid_from_a_caption(model_dir, tmp_path, capsys):
     tok_path = str(FIXTURES / "official-text-tokenizer-wordpiece-30k.json")
     out = tmp_path / "grid.png"
     args = ["generate", "--model", str(model_dir), "--from", "caption=a small red sphere left of a blue cube",
-            "--to", "tok_depth@224,det", "--out", str(out), "--steps", "2", "--text-tokenizer", tok_path]
+            "--to", "depth,det", "--out", str(out), "--steps", "2", "--text-tokenizer", tok_path]
     assert main(args) == 0
     grid = Image.open(out)
     assert grid.size == (3 * (viz.TILE + 4) + 4, viz.TILE + 16 + 8)  # caption, depth, det in one row
     assert main(args) == 2 and "already exists" in capsys.readouterr().err
     bad = args[:6] + ["tok_normal@224", "--out", str(tmp_path / "b.png")] + args[9:]
-    assert main(bad) == 2 and "cannot generate 'tok_normal@224'" in capsys.readouterr().err
+    assert main(bad) == 2 and "target 'tok_normal@224' is not one of" in capsys.readouterr().err
 
 
 def test_cli_generate_from_token_file_to_all(model_dir, tmp_path):
@@ -79,9 +79,10 @@ def test_condition_files_parse_to_tokens_pixels_and_text(tmp_path):
     from open4m.generation.runner import parse_condition
 
     Image.new("RGB", (50, 40), (124, 116, 104)).save(tmp_path / "photo.png")  # ~ the ImageNet mean colour
-    name, pixels = parse_condition(f"rgb@224={tmp_path / 'photo.png'}")
+    name, pixels = parse_condition(f"rgb={tmp_path / 'photo.png'}", ["rgb@224", "tok_rgb@224"])
     assert name == "rgb@224" and pixels.shape == (3, 224, 224) and np.abs(pixels).max() < 0.02
     assert parse_condition("caption=a red cube = here") == ("caption", "a red cube = here")
+    assert parse_condition("depth=x", ["tok_depth@224", "caption"])[0] == "tok_depth@224"
     with pytest.raises(ValueError, match="NAME=VALUE"):
         parse_condition("a red cube")
     with pytest.raises(FileNotFoundError, match="missing.npy"):

@@ -22,11 +22,29 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
-def parse_condition(spec: str) -> tuple[str, object]:
-    """``"caption=a red cube"`` → ("caption", "a red cube"); ``"tok_rgb@224=x.npy"`` → token ids; ``.png`` → pixels."""
+def resolve_name(name: str, available: Sequence[str], role: str = "modality") -> str:
+    """A modality name, or a short one (``depth`` → ``tok_depth@224``, ``rgb`` → ``rgb@224``) when exactly
+    one of ``available`` matches it."""
+    if name in available or not available:
+        return name
+    matches = [a for a in available if a.split("@")[0] in (name, f"tok_{name}")]
+    if len(matches) == 1:
+        return matches[0]
+    raise ValueError(f"{role} {name!r} is not one of {sorted(available)}"
+                     + (f" (ambiguous: {matches})" if matches else ""))
+
+
+def parse_condition(spec: str, available: Sequence[str] = ()) -> tuple[str, object]:
+    """``"caption=a red cube"`` → ("caption", "a red cube"); ``"tok_rgb@224=x.npy"`` → token ids; ``.png`` → pixels.
+
+    Short names resolve against ``available`` (the model's inputs), raw images preferring pixels.
+    """
     name, sep, value = spec.partition("=")
     if not sep or not name:
         raise ValueError(f"--from expects NAME=VALUE (e.g. caption=\"a red cube\"), got {spec!r}")
+    if name not in available and Path(value).suffix.lower() in (".png", ".jpg", ".jpeg") and f"{name}@224" in available:
+        name = f"{name}@224"
+    name = resolve_name(name, available, "condition")
     modalities.get(name)
     suffix = Path(value).suffix.lower()
     if suffix == ".npy":
@@ -67,6 +85,7 @@ def resolve_targets(model, names: Sequence[str], given: Sequence[str], **setting
     """Target specs for ``names`` (``["all"]`` = every output of the model not in ``given``), same settings each."""
     if list(names) == ["all"]:
         names = [n for n in model.decoder_embeddings if n not in given]
+    names = [resolve_name(n, list(model.decoder_embeddings), "target") for n in names]
     if not names:
         raise ValueError("no targets: --to lists nothing the model generates beyond the conditions")
     specs = []
@@ -90,8 +109,8 @@ def generate_to_png(
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (use --force to replace it)")
-    parsed = dict(parse_condition(c) for c in conditions)
     model = from_pretrained(model_dir).eval()
+    parsed = dict(parse_condition(c, list(model.encoder_embeddings)) for c in conditions)
     tok = find_text_tokenizer(model_dir, text_tokenizer_path)
     specs = resolve_targets(model, targets, list(parsed), **settings)
     result = generate(model, parsed, specs, text_tokenizer=tok, seed=seed)

@@ -22,7 +22,8 @@ Semantics follow the official sampler (OFFICIAL-4M-SPEC §5.3):
   emptied (image: no inputs; sequence: ``[S_1]`` only; embeddings: one zero vector), ``l_i`` from the state
   with only guided condition group ``i`` kept. Plain classifier-free guidance is one group holding all the
   guided conditions. All branches run as one batch.
-- **Chains**: targets are generated in order and each finished target is an input of the next.
+- **Chains**: targets are generated in order and each finished target is an input of the next (in every
+  guidance branch; list it in ``guided`` or the weights to guide on it, the official ``cfg_grow_conditioning``).
 
 Fixes over the official code (spec §9.10): sentinel ids come from the tokenizer; rows stop at their own
 final sentinel; per-row generators instead of global seeding; rows may have different numbers of tokens to
