@@ -152,6 +152,9 @@ def render(name: str, value, background: Image.Image | None = None, class_names:
     if "semseg" in base:
         return semseg_image(x, class_names)
     if base in ("rgb", "tok_rgb"):
+        if np.issubdtype(x.dtype, np.floating) and x.min() < 0:  # ImageNet-normalised model input
+            mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+            x = x * std[:, None, None] + mean[:, None, None] if x.shape[0] == 3 else x * std + mean
         return rgb_image(x)
     return text_image(str(value))
 
@@ -206,8 +209,8 @@ def save_grid(conditions: dict, result, path: str | os.PathLike, overwrite: bool
             v = value.value if hasattr(value, "known") else value
             row.append((f"in: {name}", render(name, _row(v, i, name))))
         for name in result.tokens:
-            shown = result.decoded.get(name, result.tokens[name])
-            row.append((f"out: {name}", render(name, _row(shown, i, name), class_names=class_names)))
+            shown = result.decoded.get(name, result.tokens[name])  # outputs always have the batch axis
+            row.append((f"out: {name}", render(name, shown[i], class_names=class_names)))
         rows.append(row)
     return save_png(grid_image(rows), path, overwrite)
 

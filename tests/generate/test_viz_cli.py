@@ -87,3 +87,10 @@ def test_condition_files_parse_to_tokens_pixels_and_text(tmp_path):
         parse_condition("a red cube")
     with pytest.raises(FileNotFoundError, match="missing.npy"):
         parse_condition("tok_rgb@224=missing.npy")
+
+
+def test_normalised_rgb_input_is_shown_in_its_true_colours():
+    colour = np.array([0.8, 0.2, 0.1], np.float32)
+    normalised = (colour - [0.485, 0.456, 0.406]) / np.array([0.229, 0.224, 0.225])
+    image = np.broadcast_to(normalised.astype(np.float32)[:, None, None], (3, 8, 8))
+    assert viz.render("rgb@224", image).getpixel((3, 3)) == (204, 51, 25)
