@@ -146,6 +146,46 @@ def _add_tokenizer_commands(sub: argparse._SubParsersAction) -> None:
 # --- end tokenizer ----------------------------------------------------------------------------------
 
 
+# --- open4m generate (open4m.generation) -------------------------------------------------------------------
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from open4m.generation.runner import generate_to_png
+
+    settings = dict(steps=args.steps, temperature=args.temperature, guidance=args.guidance)
+    if args.scheme:
+        settings["scheme"] = args.scheme
+    result, path = generate_to_png(args.model, args.conditions, args.to.split(","), args.out,
+                                   text_tokenizer_path=args.text_tokenizer, seed=args.seed, overwrite=args.force,
+                                   **settings)
+    for name, value in result.decoded.items():
+        if isinstance(value, list) and value and isinstance(value[0], str):
+            print(f"{name}: {value[0]}")
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_generate_parser(sub) -> None:
+    p = sub.add_parser("generate", help="generate modalities from conditions with a 4M model; writes a PNG grid")
+    p.add_argument("--model", required=True, help="model folder (config.json + model.safetensors)")
+    p.add_argument("--from", dest="conditions", action="append", default=[], metavar="NAME=VALUE",
+                   help="a condition: caption=\"text\", tok_rgb@224=tokens.npy, tok_rgb@224=photo.png (repeatable)")
+    p.add_argument("--to", required=True,
+                   help="comma-separated targets in order (short names like depth work), or 'all'")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--text-tokenizer", help="text tokenizer json (default: one saved in the model folder)")
+    p.add_argument("--scheme", choices=["maskgit", "roar"], help="image decoding scheme (default maskgit)")
+    p.add_argument("--steps", type=int, default=8, help="decoding steps per image target (default 8)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.set_defaults(func=_cmd_generate)
+
+
+# --- end of open4m generate --------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="open4m",
@@ -159,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_tokenizer_commands(sub)
     _add_world_parser(sub)
+    _add_generate_parser(sub)
     return parser
 
 
@@ -170,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"open4m {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-from vq_helpers import tiny_config
 
 from open4m.vq.evaluate import (
     depth_abs_rel,
@@ -17,6 +16,7 @@ from open4m.vq.evaluate import (
 )
 from open4m.vq.samples import synthetic_sample
 from open4m.vq.tokenizer import ImageTokenizer
+from vq_helpers import tiny_config
 
 
 def test_psnr_of_a_known_error():

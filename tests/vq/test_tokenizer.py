@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-from vq_helpers import tiny_config
 
 from open4m import modalities
 from open4m.vq.adapters import build_adapter
 from open4m.vq.samples import synthetic_sample
 from open4m.vq.tokenizer import ImageTokenizer
+from vq_helpers import tiny_config
 
 MODS = ["rgb", "depth", "normal", "semseg", "edges"]
 

@@ -7,12 +7,12 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
-from vq_helpers import tiny_config, tiny_train
 
 from open4m.vq.evaluate import evaluate_tokenizer
 from open4m.vq.samples import synthetic_sample
 from open4m.vq.tokenizer import ImageTokenizer
 from open4m.vq.train import train_tokenizer
+from vq_helpers import tiny_config, tiny_train
 
 
 @pytest.fixture(scope="module")

@@ -147,6 +147,22 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         return self.proj(_merge_heads(attention(q, k, v, attn_bias)))
 
+    def forward_cached(self, x: torch.Tensor, cache: dict, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention of new tokens x (B, t, D) over the cached keys/values plus their own.
+
+        ``cache`` holds ``"k"``/``"v"`` (B, H, T, hd) of earlier tokens (absent at the start) and is
+        extended in place. ``attn_bias`` broadcastable to (B, H, t, T + t); None = attend to all.
+        """
+        b, n, d = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if "k" in cache:
+            k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+        cache["k"], cache["v"] = k, v
+        return self.proj(_merge_heads(attention(q, k, v, attn_bias)))
+
 
 class CrossAttention(nn.Module):
     """Multi-head cross-attention: queries from ``x``, keys/values from ``context``."""
@@ -284,3 +300,17 @@ class DecoderBlock(nn.Module):
         x = x + self.drop_path(self.self_attn(self.norm1(x), sa_bias))
         x = x + self.drop_path(self.cross_attn(self.query_norm(x), self.context_norm(context), xa_bias))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward_cached(
+        self, x: torch.Tensor, cache: dict, context_kv: tuple[torch.Tensor, torch.Tensor], xa_bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Incremental decoding: new tokens x (B, t, D) with a self-attention ``cache`` (see
+        :meth:`Attention.forward_cached`) and the precomputed cross-attention keys/values of the context
+        (:meth:`cross_kv`). Computes what :meth:`forward` computes for these rows under a causal mask."""
+        x = x + self.drop_path(self.self_attn.forward_cached(self.norm1(x), cache))
+        x = x + self.drop_path(self.cross_attn(self.query_norm(x), None, xa_bias, kv=context_kv))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def cross_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys/values (each (B, H, M, hd)) of the context (B, M, D); reusable for every step."""
+        return self.cross_attn.context_kv(self.context_norm(context))

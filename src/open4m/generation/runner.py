@@ -1,0 +1,117 @@
+"""Generation from the command line's terms: a model folder, ``name=value`` conditions, target names, a PNG.
+
+``name=value`` conditions: a ``.npy`` file holds token ids (int; loaded without pickle), a ``.png`` /
+``.jpg`` file is a raw image (needs an image tokenizer for that modality), anything else is text for a
+sequence modality (a caption). ``--to all`` means every modality the model generates that is not given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from open4m import modalities
+from open4m.generation.prompt import GenerationResult, generate
+from open4m.generation.sampler import TargetSpec
+
+TEXT_TOKENIZER_FILES = ("text_tokenizer.json", "tokenizer.json")
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def resolve_name(name: str, available: Sequence[str], role: str = "modality") -> str:
+    """A modality name, or a short one (``depth`` → ``tok_depth@224``, ``rgb`` → ``rgb@224``) when exactly
+    one of ``available`` matches it."""
+    if name in available or not available:
+        return name
+    matches = [a for a in available if a.split("@")[0] in (name, f"tok_{name}")]
+    if len(matches) == 1:
+        return matches[0]
+    raise ValueError(f"{role} {name!r} is not one of {sorted(available)}"
+                     + (f" (ambiguous: {matches})" if matches else ""))
+
+
+def parse_condition(spec: str, available: Sequence[str] = ()) -> tuple[str, object]:
+    """``"caption=a red cube"`` → ("caption", "a red cube"); ``"tok_rgb@224=x.npy"`` → token ids; ``.png`` → pixels.
+
+    Short names resolve against ``available`` (the model's inputs), raw images preferring pixels.
+    """
+    name, sep, value = spec.partition("=")
+    if not sep or not name:
+        raise ValueError(f"--from expects NAME=VALUE (e.g. caption=\"a red cube\"), got {spec!r}")
+    if name not in available and Path(value).suffix.lower() in (".png", ".jpg", ".jpeg") and f"{name}@224" in available:
+        name = f"{name}@224"
+    name = resolve_name(name, available, "condition")
+    modalities.get(name)
+    suffix = Path(value).suffix.lower()
+    if suffix == ".npy":
+        if not Path(value).is_file():
+            raise FileNotFoundError(f"{name}: token file {value} not found")
+        return name, np.load(value, allow_pickle=False)
+    if suffix in (".png", ".jpg", ".jpeg"):
+        from PIL import Image
+
+        if not Path(value).is_file():
+            raise FileNotFoundError(f"{name}: image {value} not found")
+        mod = modalities.get(name)
+        with Image.open(value) as image:
+            image = image.convert("RGB")
+            if mod.kind == "pixels":  # the model's own input: resized and ImageNet-normalised (3, H, W)
+                image = image.resize((mod.image_size, mod.image_size), Image.BICUBIC)
+            pixels = np.asarray(image, dtype=np.float32) / 255.0
+        if mod.kind == "pixels":
+            return name, ((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
+        return name, pixels
+    return name, value
+
+
+def find_text_tokenizer(model_dir: str | os.PathLike, path: str | os.PathLike | None = None):
+    """The text tokenizer at ``path``, or one saved beside the model (``text_tokenizer.json`` / ``tokenizer.json``)."""
+    from open4m.text import TextTokenizer
+
+    if path is not None:
+        return TextTokenizer.load(path)
+    for name in TEXT_TOKENIZER_FILES:
+        candidate = Path(model_dir) / name
+        if candidate.is_file():
+            return TextTokenizer.load(candidate)
+    return None
+
+
+def resolve_targets(model, names: Sequence[str], given: Sequence[str], **settings) -> list[TargetSpec]:
+    """Target specs for ``names`` (``["all"]`` = every output of the model not in ``given``), same settings each."""
+    if list(names) == ["all"]:
+        names = [n for n in model.decoder_embeddings if n not in given]
+    names = [resolve_name(n, list(model.decoder_embeddings), "target") for n in names]
+    if not names:
+        raise ValueError("no targets: --to lists nothing the model generates beyond the conditions")
+    specs = []
+    for name in names:
+        kind = modalities.get(name).kind
+        extra = {k: v for k, v in settings.items() if not (kind == "sequence" and k in ("steps", "token_schedule"))}
+        specs.append(TargetSpec(name, **extra))
+    return specs
+
+
+def generate_to_png(
+    model_dir: str | os.PathLike, conditions: Sequence[str], targets: Sequence[str], out: str | os.PathLike,
+    text_tokenizer_path: str | os.PathLike | None = None, seed: int | None = 0, overwrite: bool = False,
+    **settings,
+) -> tuple[GenerationResult, Path]:
+    """Load the model in ``model_dir``, generate ``targets`` from ``conditions`` (``name=value`` strings) and
+    write a grid PNG of conditions and outputs to ``out``."""
+    from open4m.model import from_pretrained
+    from open4m.viz import save_grid
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists (use --force to replace it)")
+    model = from_pretrained(model_dir).eval()
+    parsed = dict(parse_condition(c, list(model.encoder_embeddings)) for c in conditions)
+    tok = find_text_tokenizer(model_dir, text_tokenizer_path)
+    specs = resolve_targets(model, targets, list(parsed), **settings)
+    result = generate(model, parsed, specs, text_tokenizer=tok, seed=seed)
+    return result, save_grid(parsed, result, out, overwrite=overwrite)
