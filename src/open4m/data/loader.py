@@ -3,7 +3,8 @@
 Shards are WebDataset tars (:func:`open4m.data.shards.write_shard`): per sample a ``__key__`` and one
 member per modality, ``<modality>.npy`` (image tokens ``(N,)`` / ``(h, w)`` or 1-D sequence ids without
 EOS), ``<modality>.txt`` (raw text, tokenised by masking's text tokenizer) or ``<modality>.json``
-(boxes / palette / metadata, turned into text by :func:`open4m.sequences.to_text`).
+(boxes / palette / metadata, turned into text by :func:`open4m.sequences.to_text`). Pixel and embedding
+modalities (inputs only) are float ``.npy`` arrays, ``(C, H, W)`` and ``(L, D)``.
 
 Determinism and the data position (what a checkpoint stores, what ``--resume`` restores):
 
@@ -42,6 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from open4m.data.shards import decode_member, iter_shard, list_shards, shard_keys
 from open4m.masking import UnifiedMasking
 from open4m.mixtures import MaskingConfig
+from open4m.modalities import get as get_modality
 from open4m.sequences import to_text
 
 POSITION_KEY = "__position__"
@@ -167,6 +169,8 @@ def decode_sample(raw: Mapping[str, Any], needs: Sequence[str], source: str) -> 
         kind, value = by_mod[name]
         if kind == "json":
             value = to_text(name, value)
+        elif kind == "npy" and get_modality(name).kind in ("pixels", "embeddings"):
+            value = np.asarray(value, np.float32)
         elif kind == "npy" and np.asarray(value).dtype.kind not in "iu":
             raise ValueError(f"{source}: sample {raw.get('__key__')!r}: {name}.npy holds "
                              f"{np.asarray(value).dtype}, expected integer token ids")
