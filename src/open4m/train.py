@@ -320,7 +320,8 @@ def _train(c: TrainConfig, resume: bool, batches: Iterable[dict] | None, state: 
         grad_norm = None
         if not sib:
             if c.clip_grad > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip_grad))
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip_grad)
+                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP2: a DTensor
             optimizers[0].step()
             optimizers[0].zero_grad(set_to_none=True)
         keys = sorted(per_mod)
