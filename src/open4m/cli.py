@@ -111,7 +111,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = train_config.load(args.config, args.overrides)
     result = train(config, resume=args.resume)
-    if result["losses"]:
+    if result["losses"] and result["rank"] == 0:
         print(f"trained {len(result['losses'])} steps: loss {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f}; "
               f"checkpoint {result['checkpoint']}")
     return 0

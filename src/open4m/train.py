@@ -192,6 +192,9 @@ def evaluate(model: nn.Module, batches: list[dict], n_enc: int, n_dec: int, c: T
         for key, value in {"val_loss": loss, **{f"val_loss/{k}": v for k, v in per_mod.items()}}.items():
             totals[key] = totals.get(key, 0.0) + float(value) / len(batches)
     model.train()
+    for module in model.modules():  # FSDP2 keeps the root unsharded after a no-grad forward; the optimizer
+        if hasattr(module, "reshard"):  # and the checkpoint need the sharded parameters back
+            module.reshard()
     keys = sorted(totals)
     mean = distributed.all_reduce_mean(torch.tensor([totals[k] for k in keys], dtype=torch.float64), state)
     return dict(zip(keys, mean.tolist(), strict=True))
@@ -203,8 +206,11 @@ def _autocast(c: TrainConfig, device: torch.device):
 
 def train(c: TrainConfig, resume: bool = False, batches: Iterable[dict] | None = None) -> dict:
     """Train as the config says; returns ``{"losses": [per-step loss of this run], "val": [...], "checkpoint",
-    "out_dir"}``. ``batches``: ready masked batches of this rank to use instead of ``train_data`` (their data
-    position is not tracked, so such runs cannot resume exactly)."""
+    "out_dir", "rank", "unreadable_shards"}``.
+
+    ``batches``: ready masked batches of this rank to use instead of ``train_data`` (their data position is
+    not tracked, so such runs cannot resume exactly).
+    """
     state = distributed.setup(c.device, c.timeout_min)
     try:
         return _train(c, resume, batches, state)
@@ -361,7 +367,7 @@ def _train(c: TrainConfig, resume: bool, batches: Iterable[dict] | None, state: 
     metrics.close()
     if state.is_main and c.plot and metrics.path.exists():
         log(plot_losses(metrics.path, out_dir / "loss.png"))
-    return {"losses": losses, "val": val_history, "checkpoint": last_saved, "out_dir": out_dir,
+    return {"losses": losses, "val": val_history, "checkpoint": last_saved, "out_dir": out_dir, "rank": state.rank,
             "unreadable_shards": max([p.get("unreadable_shards", 0) for p in positions.values()], default=0)}
 
 
