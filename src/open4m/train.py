@@ -204,6 +204,36 @@ def _autocast(c: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.dtype == "bf16")
 
 
+def make_optimizers(model: nn.Module, c: TrainConfig, strategy: str) -> list[torch.optim.Optimizer]:
+    """AdamW (official decay groups; fused unless FSDP2) as one optimizer, or one per parameter when the step
+    runs inside backward (:class:`open4m.optim.StepInBackward`)."""
+    if c.step_in_backward:
+        return [*StepInBackward(model, c.lr, c.weight_decay, tuple(c.betas))]
+    fused = False if strategy == "fsdp" else None
+    return [adamw(model, c.lr, c.weight_decay, tuple(c.betas), fused=fused)]
+
+
+def _restore(out_dir: Path, model: nn.Module, optimizers: list, strategy: str, state: distributed.Dist,
+             workers: int, log) -> tuple[int, dict, int]:
+    """Load the newest complete checkpoint: returns (step, this rank's loader positions, batches consumed)."""
+    if state.is_main:
+        removed = train_state.remove_stale(out_dir)
+        if removed:
+            log(f"removed {len(removed)} interrupted checkpoint(s): {[p.name for p in removed]}")
+    latest = train_state.latest_checkpoint(out_dir)
+    if latest is None:
+        log(f"--resume: no checkpoint in {train_state.checkpoint_dir(out_dir)}; starting from step 0")
+        return 0, {}, 0
+    saved = train_state.load_checkpoint(latest, model, optimizers, fsdp=strategy == "fsdp")
+    data = saved.get("data") or {}
+    if data and (data["world"] != state.world or data["workers"] != workers):
+        raise ValueError(f"checkpoint {latest} was written with {data['world']} rank(s) × {data['workers']} "
+                         f"worker(s); resume with the same (now {state.world} × {workers})")
+    positions = {int(w): p for w, p in (data.get("positions", [{}] * state.world)[state.rank]).items()}
+    log(f"resumed from {latest} at step {saved['step']}")
+    return saved["step"], positions, data.get("batches", 0)
+
+
 def train(c: TrainConfig, resume: bool = False, batches: Iterable[dict] | None = None) -> dict:
     """Train as the config says; returns ``{"losses": [per-step loss of this run], "val": [...], "checkpoint",
     "out_dir", "rank", "unreadable_shards"}``.
@@ -253,32 +283,12 @@ def _train(c: TrainConfig, resume: bool, batches: Iterable[dict] | None, state: 
     model = build_model(c, log).to(state.device)
     model.train()
     model = distributed.wrap(model, strategy, state)
-    if c.step_in_backward:
-        optimizers = [*StepInBackward(model, c.lr, c.weight_decay, tuple(c.betas))]
-    else:
-        fused = False if strategy == "fsdp" else None
-        optimizers = [adamw(model, c.lr, c.weight_decay, tuple(c.betas), fused=fused)]
+    optimizers = make_optimizers(model, c, strategy)
     sib = c.step_in_backward
-
     out_dir = Path(c.out_dir)
     start, positions, consumed = 0, {}, 0
     if resume:
-        if state.is_main:
-            removed = train_state.remove_stale(out_dir)
-            if removed:
-                log(f"removed {len(removed)} interrupted checkpoint(s): {[p.name for p in removed]}")
-        latest = train_state.latest_checkpoint(out_dir)
-        if latest is None:
-            log(f"--resume: no checkpoint in {train_state.checkpoint_dir(out_dir)}; starting from step 0")
-        else:
-            saved = train_state.load_checkpoint(latest, model, optimizers, fsdp=strategy == "fsdp")
-            data = saved.get("data") or {}
-            if data and (data["world"] != state.world or data["workers"] != workers):
-                raise ValueError(f"checkpoint {latest} was written with {data['world']} rank(s) × {data['workers']} "
-                                 f"worker(s); resume with the same (now {state.world} × {workers})")
-            start, consumed = saved["step"], data.get("batches", 0)
-            positions = {int(w): p for w, p in (data.get("positions", [{}] * state.world)[state.rank]).items()}
-            log(f"resumed from {latest} at step {start}")
+        start, positions, consumed = _restore(out_dir, model, optimizers, strategy, state, workers, log)
     elif train_state.latest_checkpoint(out_dir) is not None:
         raise ValueError(f"{out_dir} already holds checkpoints; pass --resume to continue or choose another out_dir")
     if state.is_main:
