@@ -350,11 +350,14 @@ def _train(c: TrainConfig, resume: bool, batches: Iterable[dict] | None, state: 
         step_time = now
         done = step + 1
         if not math.isfinite(step_loss):
-            raise FloatingPointError(f"step {done}: the loss is {step_loss}; lower lr or enable clip_grad")
+            raise ValueError(f"step {done}: the loss is {step_loss}; lower lr or enable clip_grad "
+                             f"(the last checkpoint is {last_saved})")
         record = {"step": done, "loss": step_loss, "lr": lr, "tokens_per_s": tokens_s,
                   **{f"loss/{k}": v for k, v in zip(keys, reduced[1:], strict=True)}}
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
+        if positions:
+            record["unreadable_shards"] = max(p["unreadable_shards"] for p in positions.values())
         if done % c.log_every == 0 or done == c.steps:
             metrics.write(record)
         if bar is not None:
@@ -377,8 +380,11 @@ def _train(c: TrainConfig, resume: bool, batches: Iterable[dict] | None, state: 
     metrics.close()
     if state.is_main and c.plot and metrics.path.exists():
         log(plot_losses(metrics.path, out_dir / "loss.png"))
+    unreadable = max([p["unreadable_shards"] for p in positions.values()], default=0)
+    if unreadable:
+        log(f"warning: {unreadable} shard read(s) failed and were skipped (see the warnings above)")
     return {"losses": losses, "val": val_history, "checkpoint": last_saved, "out_dir": out_dir, "rank": state.rank,
-            "unreadable_shards": max([p.get("unreadable_shards", 0) for p in positions.values()], default=0)}
+            "unreadable_shards": unreadable}
 
 
 def _progress(c: TrainConfig, state: distributed.Dist, start: int):

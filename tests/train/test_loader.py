@@ -137,3 +137,31 @@ def test_shard_patterns_expand_and_empty_lists_fail(tmp_path):
         expand_shards(str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         expand_shards(str(tmp_path / "nope-{0..1}.tar"))
+
+
+def test_remote_urls_stream_like_local_files(tmp_path):
+    shards = [str(p) for p in write_copy_shards(tmp_path, 2, 5)]
+    local = _epoch_keys(shards, 0, 1)
+    remote = _epoch_keys([f"pipe:cat {s}" for s in shards], 0, 1)
+    assert remote == local and len(local) == 10
+    assert expand_shards(["pipe:cat {a,b}.tar", "https://host/x-{0..1}.tar"]) == [
+        "pipe:cat a.tar", "pipe:cat b.tar", "https://host/x-0.tar", "https://host/x-1.tar"]
+
+
+def test_raw_text_is_tokenised_with_the_config_tokenizer(tmp_path):
+    from open4m.text import TextTokenizer
+
+    tokenizer = TextTokenizer.train(["a red cube on a blue sphere"] * 20, 4300, show_progress=False)
+    rng = np.random.default_rng(0)
+    samples = [{"__key__": f"t{i}", "copy_src.npy": rng.integers(0, 32, (4, 4)), "caption.txt": "a red cube"}
+               for i in range(8)]
+    write_shard(tmp_path / "text.tar", samples)
+    config = MaskingConfig.from_dict({"input_tokens": 8, "target_tokens": 8, "alphas_mixture": {
+        "copy_src": {"input_alphas": [1.0], "target_alphas": [0.0]},
+        "caption": {"input_alphas": [1.0], "target_alphas": [1.0]}}})
+    batch = next(iter(MaskedBatches([DatasetSpec([str(tmp_path / "text.tar")])], config, 8, tokenizer=tokenizer)))
+    ids = set(batch["caption"]["tensor"].flatten().tolist())
+    words = set(tokenizer.encode("a red cube"))
+    assert words <= ids  # every word lands in the inputs or the targets of some row
+    specials = {0, tokenizer.eos_id} | {tokenizer.sentinel_id(k) for k in range(8)}
+    assert ids <= words | specials
