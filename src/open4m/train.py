@@ -270,7 +270,7 @@ def _train(c: TrainConfig, resume: bool, batches: Iterable[dict] | None, state: 
 
     train_sets = _datasets(c.train_data, "train_data") if batches is None else []
     if batches is None:
-        known = [count_samples(d.shards) for d in train_sets]
+        known = [count_samples(d.shards, c.batch_size * state.world) for d in train_sets]
         if all(k is not None for k in known) and sum(known) < c.batch_size * state.world:
             raise ValueError(f"batch_size {c.batch_size} × {state.world} rank(s) is larger than the data: "
                              f"train_data holds {sum(known)} samples")

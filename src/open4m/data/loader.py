@@ -93,8 +93,9 @@ def _is_remote(url: str) -> bool:
     return "://" in url or url.startswith("pipe:")
 
 
-def count_samples(shards: Sequence[str]) -> int | None:
-    """Number of samples in local shards (tar headers only); None if any shard is remote. Unreadable: 0."""
+def count_samples(shards: Sequence[str], enough: int | None = None) -> int | None:
+    """Number of samples in local shards (tar headers only; unreadable shards count 0), or None if any shard
+    is remote. Stops early once the count reaches ``enough``."""
     if any(_is_remote(s) for s in shards):
         return None
     total = 0
@@ -103,6 +104,8 @@ def count_samples(shards: Sequence[str]) -> int | None:
             total += len(shard_keys(shard))
         except ValueError:
             continue
+        if enough is not None and total >= enough:
+            break
     return total
 
 
@@ -325,11 +328,12 @@ def validation_batches(datasets: Sequence[DatasetSpec], masking: MaskingConfig, 
     samples: list[tuple[int, dict]] = []
     for d, spec in enumerate(datasets):
         i = 0
-        for shard in spec.shards:
-            for sample in iter_raw_samples(shard, source.errors):
-                if i % world == rank:
-                    samples.append((d, sample))
-                i += 1
+        for sample in (s for shard in spec.shards for s in iter_raw_samples(shard, source.errors)):
+            if len(samples) >= max_batches * batch_size:
+                break
+            if i % world == rank:
+                samples.append((d, sample))
+            i += 1
     rng = np.random.default_rng([seed, rank, 3])
     for start in range(0, len(samples) - batch_size + 1, batch_size):
         if len(out) >= max_batches:
