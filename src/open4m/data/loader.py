@@ -22,7 +22,7 @@ Determinism and the data position (what a checkpoint stores, what ``--resume`` r
   that count (reading, not masking): at most one epoch of reading per dataset.
 - ``torch.utils.data.DataLoader`` takes batches from its workers round-robin, so global batch ``n`` comes
   from worker ``n % W``; after a resume at batch ``n`` the workers' roles are rotated by ``n`` so the order
-  continues unchanged. Resuming needs the same ``world`` and ``num_workers``.
+  continues unchanged. Exact resuming needs the same ``world``, ``num_workers``, shard lists and seed.
 
 A corrupt or truncated shard is reported (a warning) and skipped; :class:`ReadErrors` counts them.
 """
@@ -280,6 +280,9 @@ class MaskedBatches(IterableDataset):
         worker = (physical + self.rotation) % workers
         reader, readers = self.rank * workers + worker, self.world * workers
         pos = self.positions.get(worker, {"batch": 0, "streams": [[0, 0]] * len(self.datasets)})
+        if len(pos["streams"]) != len(self.datasets):
+            raise ValueError(f"the saved data position covers {len(pos['streams'])} dataset(s) but train_data lists "
+                             f"{len(self.datasets)}; resume with the same train_data")
         streams = [SampleStream(d.shards, i, reader, readers, self.seed, self.shuffle_buffer, self.errors, e, t)
                    for i, (d, (e, t)) in enumerate(zip(self.datasets, pos["streams"], strict=True))]
         j = int(pos["batch"])
