@@ -6,7 +6,8 @@ written once into --data (rgb@224 as float32 (3, 224, 224) .npy, tokens as int .
 detections 5-80 token ids), masked with a two-component rgb2all / all2all mixture (alphas 0.5).
 
 Rows:
-- model-only: ``benchmarks/train_step.py``'s fixed batch, forward + backward + AdamW step, median;
+- model-only: ``benchmarks/train_step.py``'s fixed batch, forward + backward + AdamW step, median; measured
+  before and after the end-to-end run, because on a shared machine the load drifts;
 - data path: reading + decoding + ``mask_batch`` of one batch in this process (what a step would pay
   without workers), median, and its share of (data path + model step);
 - end-to-end: ``open4m.train.train`` with ``--workers`` loader processes, median of the per-step
@@ -33,6 +34,7 @@ from open4m import modalities  # noqa: E402
 from open4m.data.loader import DatasetSpec, MaskedBatches, expand_shards  # noqa: E402
 from open4m.data.shards import write_shard  # noqa: E402
 from open4m.mixtures import MaskingConfig, Mixture  # noqa: E402
+from open4m.runtime import tune_allocator  # noqa: E402
 from train_step import BATCH, DOMAINS_IN, DOMAINS_OUT, N_IN, N_OUT, make_batch  # noqa: E402
 
 SEQ_LENGTHS = {"caption": (10, 40), "det": (5, 80)}
@@ -123,20 +125,24 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--data", default=None, help="folder for the synthetic shards (default: a temp dir)")
     args = parser.parse_args()
+    tune_allocator()  # as benchmarks/train_step.py and open4m.train do
     with tempfile.TemporaryDirectory() as tmp:
         shards = write_data(Path(args.data or tmp) / "shards")
         tokens = BATCH * (N_IN + N_OUT)
-        step = model_only(args.steps, args.dtype)
+        before = model_only(args.steps, args.dtype)
         data = data_path(shards, max(8, args.steps))
         e2e = end_to_end(shards, args.steps, args.workers, args.dtype, Path(tmp) / "run")
+        after = model_only(args.steps, args.dtype)  # again: on a shared machine the load drifts
+    step = (before + after) / 2
     print(f"tiny 4M (GELU, tied heads), batch {BATCH}, {N_IN}+{N_OUT} tokens, {args.dtype}, "
           f"{torch.get_num_threads()} threads, loader workers {args.workers}, torch {torch.__version__}")
     print(f"{'what':34s} | {'seconds/step':>12s} | {'tokens/s':>9s}")
-    print(f"{'model-only step (train_step.py)':34s} | {step:12.3f} | {tokens / step:9.0f}")
+    print(f"{'model-only step, before':34s} | {before:12.3f} | {tokens / before:9.0f}")
+    print(f"{'model-only step, after':34s} | {after:12.3f} | {tokens / after:9.0f}")
     print(f"{'data path (read+decode+mask_batch)':34s} | {data:12.4f} | {tokens / data:9.0f}")
     print(f"{'end-to-end open4m.train':34s} | {tokens / e2e:12.3f} | {e2e:9.0f}")
     print(f"data-path share of a step without workers: {100 * data / (data + step):.1f}%; "
-          f"end-to-end vs model-only: {100 * e2e * step / tokens:.0f}%")
+          f"end-to-end vs mean model-only: {100 * e2e * step / tokens:.0f}%")
 
 
 if __name__ == "__main__":
