@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from open4m import train_state
 from open4m.model import from_pretrained
-from open4m.train import lr_at, train
+from open4m.train import build_model, lr_at, make_optimizers, train
 from open4m.train_config import TrainConfig
 from train_helpers import tiny_config
 
@@ -100,3 +100,27 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     bf16 = train(tiny_config(tmp_path / "b", "steps=3", "dtype=bf16"))["losses"]
     assert bf16 != fp32  # it really ran in reduced precision ...
     assert bf16 == pytest.approx(fp32, rel=0.05)  # ... and computes the same thing
+
+
+@pytest.mark.parametrize("in_backward", [False, True])
+def test_checkpoint_restores_model_optimizer_and_rng(tmp_path, in_backward):
+    config = tiny_config(tmp_path, "steps=2", "clip_grad=0", f"step_in_backward={str(in_backward).lower()}")
+    ckpt = train(config)["checkpoint"]
+    model = build_model(config, log=lambda *a: None)
+    optimizers = make_optimizers(model, config, "none")
+    torch.manual_seed(123)
+    state = train_state.load_checkpoint(ckpt, model, optimizers)
+    saved = load_file(str(ckpt / "optimizer.safetensors"))
+    assert state["step"] == 2 and torch.equal(torch.get_rng_state(), saved["rng.torch"])
+    assert torch.equal(model.state_dict()["encoder.0.mlp.fc1.weight"],
+                       from_pretrained(ckpt).state_dict()["encoder.0.mlp.fc1.weight"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    checked = 0
+    for opt in optimizers:
+        for group in opt.param_groups:
+            assert group["lr"] == pytest.approx(lr_at(1, config))
+            for p in group["params"]:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    assert torch.equal(opt.state[p][key], saved[f"{names[id(p)]}.{key}"])
+                checked += 1
+    assert checked == len(names)
