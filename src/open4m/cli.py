@@ -186,6 +186,34 @@ def _add_generate_parser(sub) -> None:
 # --- end of open4m generate --------------------------------------------------------------------------------
 
 
+# --- open4m train: the training loop (open4m.train) ----------------------------------------------------
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from open4m import train_config
+    from open4m.train import train
+
+    config = train_config.load(args.config, args.overrides)
+    result = train(config, resume=args.resume)
+    if result["losses"] and result["rank"] == 0:
+        print(f"trained {len(result['losses'])} steps: loss {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f}; "
+              f"checkpoint {result['checkpoint']}")
+    return 0
+
+
+def _add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a 4M model on token shards (one process or torchrun: DDP / FSDP2)",
+                       description="Train a 4M model. Run under torchrun for several processes, e.g. "
+                       "`torchrun --nproc-per-node 2 -m open4m.cli train --config C distributed=fsdp`.")
+    p.add_argument("--config", help="training YAML (see configs/train/); keys default as in open4m.train_config")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys, e.g. lr=3e-4 steps=100")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in out_dir")
+    p.set_defaults(func=_cmd_train)
+
+
+# --- end of open4m train -------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="open4m",
@@ -200,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenizer_commands(sub)
     _add_world_parser(sub)
     _add_generate_parser(sub)
+    _add_train_parser(sub)
     return parser
 
 
