@@ -232,8 +232,8 @@ def _mlp(dim: int, mlp_ratio: float, act_layer, gated: bool, bias: bool) -> nn.M
     return GatedMlp(dim, hidden, act_layer, bias) if gated else Mlp(dim, hidden, act_layer, bias)
 
 
-class Block(nn.Module):
-    """Pre-norm encoder block: ``x += attn(norm1 x); x += mlp(norm2 x)``."""
+class _PreNormBlock(nn.Module):
+    """What encoder and decoder blocks share: settings, ``norm1``, ``norm2``, the MLP and drop path."""
 
     def __init__(
         self,
@@ -250,11 +250,20 @@ class Block(nn.Module):
         qk_norm: bool = False,
     ) -> None:
         super().__init__()
+        self._attention_args = (dim, num_heads, qkv_bias, proj_bias, qk_norm, norm_layer)
+        self._new_norm = lambda: norm_layer(dim)
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias, proj_bias, qk_norm, norm_layer)
         self.drop_path = DropPath(drop_path)
         self.norm2 = norm_layer(dim)
         self.mlp = _mlp(dim, mlp_ratio, act_layer, gated_mlp, mlp_bias)
+
+
+class Block(_PreNormBlock):
+    """Pre-norm encoder block: ``x += attn(norm1 x); x += mlp(norm2 x)``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.attn = Attention(*self._attention_args)
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, N, D) → (B, N, D)."""
@@ -262,32 +271,15 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class DecoderBlock(nn.Module):
+class DecoderBlock(_PreNormBlock):
     """Pre-norm decoder block: self-attention, cross-attention to the encoder output, MLP."""
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = False,
-        proj_bias: bool = True,
-        mlp_bias: bool = True,
-        drop_path: float = 0.0,
-        act_layer: type[nn.Module] = nn.GELU,
-        norm_layer: type[nn.Module] = LayerNorm,
-        gated_mlp: bool = False,
-        qk_norm: bool = False,
-    ) -> None:
-        super().__init__()
-        self.norm1 = norm_layer(dim)
-        self.self_attn = Attention(dim, num_heads, qkv_bias, proj_bias, qk_norm, norm_layer)
-        self.query_norm = norm_layer(dim)
-        self.context_norm = norm_layer(dim)
-        self.cross_attn = CrossAttention(dim, num_heads, qkv_bias, proj_bias, qk_norm, norm_layer)
-        self.drop_path = DropPath(drop_path)
-        self.norm2 = norm_layer(dim)
-        self.mlp = _mlp(dim, mlp_ratio, act_layer, gated_mlp, mlp_bias)
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.self_attn = Attention(*self._attention_args)
+        self.query_norm = self._new_norm()
+        self.context_norm = self._new_norm()
+        self.cross_attn = CrossAttention(*self._attention_args)
 
     def forward(
         self,
