@@ -250,20 +250,21 @@ class _PreNormBlock(nn.Module):
         qk_norm: bool = False,
     ) -> None:
         super().__init__()
-        self._attention_args = (dim, num_heads, qkv_bias, proj_bias, qk_norm, norm_layer)
-        self._new_norm = lambda: norm_layer(dim)
         self.norm1 = norm_layer(dim)
+        self.build_attention(dim, num_heads, qkv_bias, proj_bias, qk_norm, norm_layer)
         self.drop_path = DropPath(drop_path)
         self.norm2 = norm_layer(dim)
         self.mlp = _mlp(dim, mlp_ratio, act_layer, gated_mlp, mlp_bias)
+
+    def build_attention(self, dim, num_heads, qkv_bias, proj_bias, qk_norm, norm_layer) -> None:
+        raise NotImplementedError
 
 
 class Block(_PreNormBlock):
     """Pre-norm encoder block: ``x += attn(norm1 x); x += mlp(norm2 x)``."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.attn = Attention(*self._attention_args)
+    def build_attention(self, dim, num_heads, qkv_bias, proj_bias, qk_norm, norm_layer) -> None:
+        self.attn = Attention(dim, num_heads, qkv_bias, proj_bias, qk_norm, norm_layer)
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, N, D) → (B, N, D)."""
@@ -274,12 +275,11 @@ class Block(_PreNormBlock):
 class DecoderBlock(_PreNormBlock):
     """Pre-norm decoder block: self-attention, cross-attention to the encoder output, MLP."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.self_attn = Attention(*self._attention_args)
-        self.query_norm = self._new_norm()
-        self.context_norm = self._new_norm()
-        self.cross_attn = CrossAttention(*self._attention_args)
+    def build_attention(self, dim, num_heads, qkv_bias, proj_bias, qk_norm, norm_layer) -> None:
+        self.self_attn = Attention(dim, num_heads, qkv_bias, proj_bias, qk_norm, norm_layer)
+        self.query_norm = norm_layer(dim)
+        self.context_norm = norm_layer(dim)
+        self.cross_attn = CrossAttention(dim, num_heads, qkv_bias, proj_bias, qk_norm, norm_layer)
 
     def forward(
         self,
