@@ -115,7 +115,28 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, n, h * hd)
 
 
-class Attention(nn.Module):
+class _MultiHead(nn.Module):
+    """What self- and cross-attention share: the head split, the output ``proj`` and optional QK-norm.
+
+    Subclasses register their input projections first, then call :meth:`_add_output` (module order
+    fixes the initialisation order, which seeded results depend on).
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+
+    def _add_output(self, dim: int, proj_bias: bool, qk_norm: bool, norm_layer) -> None:
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        if qk_norm:
+            self.q_norm = norm_layer(dim // self.num_heads)
+            self.k_norm = norm_layer(dim // self.num_heads)
+        self.qk_norm = qk_norm
+
+
+class Attention(_MultiHead):
     """Multi-head self-attention with a fused ``qkv`` projection and optional QK-norm."""
 
     def __init__(
@@ -127,24 +148,21 @@ class Attention(nn.Module):
         qk_norm: bool = False,
         norm_layer: type[nn.Module] | None = None,
     ) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
+        super().__init__(dim, num_heads)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
-        if qk_norm:
-            self.q_norm = norm_layer(dim // num_heads)
-            self.k_norm = norm_layer(dim // num_heads)
-        self.qk_norm = qk_norm
+        self._add_output(dim, proj_bias, qk_norm, norm_layer)
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, N, D) → q, k, v, each (B, H, N, D/H), QK-normed when enabled."""
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, N, D), attn_bias broadcastable to (B, H, N, N) → (B, N, D)."""
-        b, n, d = x.shape
-        qkv = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self._qkv(x)
         return self.proj(_merge_heads(attention(q, k, v, attn_bias)))
 
     def forward_cached(self, x: torch.Tensor, cache: dict, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -153,18 +171,14 @@ class Attention(nn.Module):
         ``cache`` holds ``"k"``/``"v"`` (B, H, T, hd) of earlier tokens (absent at the start) and is
         extended in place. ``attn_bias`` broadcastable to (B, H, t, T + t); None = attend to all.
         """
-        b, n, d = x.shape
-        qkv = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self._qkv(x)
         if "k" in cache:
             k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
         cache["k"], cache["v"] = k, v
         return self.proj(_merge_heads(attention(q, k, v, attn_bias)))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_MultiHead):
     """Multi-head cross-attention: queries from ``x``, keys/values from ``context``."""
 
     def __init__(
@@ -176,17 +190,10 @@ class CrossAttention(nn.Module):
         qk_norm: bool = False,
         norm_layer: type[nn.Module] | None = None,
     ) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
+        super().__init__(dim, num_heads)
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
-        if qk_norm:
-            self.q_norm = norm_layer(dim // num_heads)
-            self.k_norm = norm_layer(dim // num_heads)
-        self.qk_norm = qk_norm
+        self._add_output(dim, proj_bias, qk_norm, norm_layer)
 
     def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of ``context`` (B, M, D), each (B, H, M, D/H); cacheable across decoding steps."""
