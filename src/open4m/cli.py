@@ -131,13 +131,15 @@ def _add_tokenizer_commands(sub: argparse._SubParsersAction) -> None:
     t = tsub.add_parser("train", help="train an image tokenizer (VQ-VAE with cosine-EMA VQ or FSQ)")
     t.add_argument("--modality", required=True, choices=["rgb", "depth", "normal", "semseg", "edges"])
     t.add_argument("--config", required=True, help="YAML, e.g. configs/tokenizers/rgb.yaml")
-    t.add_argument("--data", default="synthetic", help="'synthetic[:SEED]' toy scenes or a folder of *.npz samples")
+    t.add_argument("--data", default="synthetic",
+                   help="'synthetic[:SEED]' toy scenes, a folder of world shards (*.tar) or of *.npz samples")
     t.add_argument("--out", required=True, help="output folder (tokenizer, checkpoint, preview.png)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.set_defaults(func=_cmd_tokenizer_train)
     e = tsub.add_parser("eval", help="reconstruction metrics and codebook usage of an image tokenizer")
     e.add_argument("--tokenizer", required=True, help="folder written by `open4m tokenizer train`")
-    e.add_argument("--data", default="synthetic:1", help="held-out data: 'synthetic[:SEED]' or a folder of *.npz")
+    e.add_argument("--data", default="synthetic:1",
+                   help="held-out data: 'synthetic[:SEED]', a folder of world shards (*.tar) or of *.npz")
     e.add_argument("--num-samples", type=int, default=1000)
     e.set_defaults(func=_cmd_tokenizer_eval)
     _add_tokenizer_text_parsers(tsub)

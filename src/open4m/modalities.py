@@ -247,18 +247,26 @@ FOURM21_DOMAINS_IN = [
 FOURM21_DOMAINS_OUT = [d for d in FOURM21_DOMAINS_IN if d not in ("t5_caption", "rgb@224")]
 
 
-def _register_world() -> None:
-    """The embedded world's image modalities (open4m.vq tokenizers, configs/tokenizers/*.yaml).
+WORLD_TEXT_VOCAB = 4352  # ids of the world's text tokenizer (caption@64, det@64)
 
-    64 px images and 4 px patches, so 16 x 16 tokens; one cosine-EMA VQ codebook of 1024 codes each.
+
+def _register_world() -> None:
+    """The embedded world's modalities (open4m.vq tokenizers, configs/tokenizers/*.yaml, the world text tokenizer).
+
+    64 px images and 4 px patches, so 16 x 16 tokens; one codebook of 1024 codes each. Captions and boxes use
+    the world's WordPiece tokenizer (official layout, 4,352 ids: 4,208 special / value / class tokens and the
+    world's words); the longest world caption is 92 tokens, the most boxes (12 objects) 61.
     """
     size, patch, vocab = 64, 4, 1024
-    pixels(f"rgb@{size}", size, patch, tokenizer="none (pixels scaled to [-1, 1])", path="rgb")
+    pixels(f"rgb@{size}", size, patch, tokenizer="none (ImageNet-normalised pixels, open4m.pixels)", path="rgb")
     for name in ("rgb", "depth", "normal", "semseg", "edges"):
         image_tokens(
             f"tok_{name}@{size}", vocab, size, patch,
             tokenizer=f"open4m.vq {name} VQ-VAE (configs/tokenizers/{name}.yaml)", path=f"tok_{name}",
         )
+    text = "open4m world WordPiece (open4m tokenizer train-text on world captions)"
+    sequence(f"caption@{size}", WORLD_TEXT_VOCAB, 128, tokenizer=text)
+    sequence(f"det@{size}", WORLD_TEXT_VOCAB, 64, tokenizer=text)
 
 
 _register_world()

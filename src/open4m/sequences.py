@@ -352,16 +352,18 @@ def text_to_metadata(text: str, schema: MetadataSchema | None = None) -> tuple[d
 
 def to_text(modality: str, raw: object) -> str:
     """Serialise one raw value of a text-like modality: ``caption`` (str), ``det`` (boxes),
-    ``color_palette`` (colours) or ``metadata`` (dict, world schema)."""
-    if modality == "caption":
+    ``color_palette`` (colours) or ``metadata`` (dict, world schema). A sized variant (``caption@64``)
+    serialises as its base modality."""
+    base = modality.split("@")[0]
+    if base == "caption":
         if not isinstance(raw, str):
             raise ValueError(f"caption: expected a str, got {type(raw).__name__}")
         return raw
-    if modality == "det":
+    if base == "det":
         return boxes_to_text(raw)  # type: ignore[arg-type]
-    if modality == "color_palette":
+    if base == "color_palette":
         return palette_to_text(raw)  # type: ignore[arg-type]
-    if modality == "metadata":
+    if base == "metadata":
         if not isinstance(raw, Mapping):
             raise ValueError(f"metadata: expected a dict of numbers, got {type(raw).__name__}")
         return metadata_to_text(raw)
@@ -370,13 +372,14 @@ def to_text(modality: str, raw: object) -> str:
 
 def from_text(modality: str, text: str, class_names: Sequence[str] | None = None) -> tuple[object, ParseReport]:
     """Parse text of a text-like modality back (see :func:`to_text`); never raises for known modalities."""
-    if modality == "caption":
+    base = modality.split("@")[0]
+    if base == "caption":
         report = ParseReport()
         return " ".join(_words(text, report)), report
-    if modality == "det":
+    if base == "det":
         return text_to_boxes(text, class_names)
-    if modality == "color_palette":
+    if base == "color_palette":
         return text_to_palette(text)
-    if modality == "metadata":
+    if base == "metadata":
         return text_to_metadata(text)
     raise ValueError(f"no text serialisation for modality {modality!r}; known: caption, det, color_palette, metadata")

@@ -230,7 +230,7 @@ def _is_id_list(value) -> bool:
 
 def _is_row_list(mod, value: list) -> bool:
     """Whether a list holds one value per batch row (strings, id lists, box lists) rather than one value."""
-    if mod.name == "det":
+    if mod.name.split("@")[0] == "det":
         return all(isinstance(v, list) for v in value)
     return all(isinstance(v, str) or _is_id_list(v) for v in value)
 
@@ -297,7 +297,8 @@ def _result(state: ModDict, targets: list[str], tokenizers, text_tokenizer) -> G
             tokens[name] = rows
             if text_tokenizer is not None:
                 texts = [text_tokenizer.decode(r) for r in rows]
-                decoded[name] = texts if name == "caption" else [_parse(name, t, text_tokenizer) for t in texts]
+                is_caption = name.split("@")[0] == "caption"
+                decoded[name] = texts if is_caption else [_parse(name, t, text_tokenizer) for t in texts]
         else:
             g = mod.grid_size
             tokens[name] = d["tensor"].reshape(-1, g, g).cpu()

@@ -16,10 +16,9 @@ import numpy as np
 from open4m import modalities
 from open4m.generation.prompt import GenerationResult, generate
 from open4m.generation.sampler import TargetSpec
+from open4m.pixels import to_model_pixels
 
 TEXT_TOKENIZER_FILES = ("text_tokenizer.json", "tokenizer.json")
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def resolve_name(name: str, available: Sequence[str], role: str = "modality") -> str:
@@ -61,9 +60,8 @@ def parse_condition(spec: str, available: Sequence[str] = ()) -> tuple[str, obje
             image = image.convert("RGB")
             if mod.kind == "pixels":  # the model's own input: resized and ImageNet-normalised (3, H, W)
                 image = image.resize((mod.image_size, mod.image_size), Image.BICUBIC)
+                return name, to_model_pixels(np.asarray(image))
             pixels = np.asarray(image, dtype=np.float32) / 255.0
-        if mod.kind == "pixels":
-            return name, ((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
         return name, pixels
     return name, value
 

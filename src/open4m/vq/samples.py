@@ -4,9 +4,9 @@
   with consistent ``rgb``, ``depth``, ``normal``, ``semseg`` and ``edges``; deterministic per index,
   for tests and smoke runs until the world's renderer is plugged in.
 - :func:`npz_samples`: a folder of ``*.npz`` files, one sample each (keys as in the contract).
-- :func:`open_samples`: the ``--data`` argument of the CLI: ``synthetic[:SEED]`` or a folder.
-
-The trainer takes any iterable of sample dicts, so world shards plug in without changes here.
+- :func:`world_shard_samples`: a folder of world shards (``open4m world render``), streamed and re-iterable.
+- :func:`open_samples`: the ``--data`` argument of the CLI: ``synthetic[:SEED]``, a folder of world shards
+  (``*.tar``) or a folder of ``*.npz``.
 """
 
 from __future__ import annotations
@@ -105,8 +105,23 @@ def npz_samples(folder: str | Path) -> list[dict]:
     return samples
 
 
+def world_shard_samples(folder: str | Path) -> Iterable[dict]:
+    """The samples of every world shard (``*.tar``) in ``folder``, decoded to the world sample contract.
+
+    Re-iterable: each pass streams the shards again in name order (nothing is held in memory).
+    """
+    from open4m.data.shards import list_shards
+    from open4m.data.world.sample import iter_world_samples
+
+    shards = list_shards(folder)
+    if not shards:
+        raise FileNotFoundError(f"no world shards (*.tar) in {folder}")
+    return _Restartable(lambda: iter_world_samples(shards))
+
+
 def open_samples(spec: str, *, image_size: int = 64, num_classes: int = 8) -> Iterable[dict]:
-    """The CLI's ``--data``: ``synthetic`` / ``synthetic:SEED`` (endless toy scenes) or a folder of ``*.npz``."""
+    """The CLI's ``--data``: ``synthetic`` / ``synthetic:SEED`` (endless toy scenes), a folder of world shards
+    (``*.tar``, as ``open4m world render`` writes them) or a folder of ``*.npz``."""
     if spec == "synthetic" or spec.startswith("synthetic:"):
         seed_text = spec.partition(":")[2] or "0"
         if not seed_text.isdigit():
@@ -114,8 +129,10 @@ def open_samples(spec: str, *, image_size: int = 64, num_classes: int = 8) -> It
         return _Restartable(lambda: synthetic_samples(image_size=image_size, num_classes=num_classes,
                                                       seed=int(seed_text)))
     if Path(spec).is_dir():
+        if any(Path(spec).glob("*.tar")):
+            return world_shard_samples(spec)
         return npz_samples(spec)
-    raise FileNotFoundError(f"--data {spec!r}: not 'synthetic[:SEED]' and not a folder of *.npz samples")
+    raise FileNotFoundError(f"--data {spec!r}: not 'synthetic[:SEED]' and not a folder of world shards or *.npz")
 
 
 class _Restartable:
