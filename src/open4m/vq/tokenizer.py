@@ -128,11 +128,17 @@ class ImageTokenizer:
                              f"got [{tokens.min()}, {tokens.max()}]")
         return tokens.astype(np.int64)
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (config also in its metadata) atomically."""
+    def save(self, directory: str | Path, half: bool = False) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (config also in its metadata) atomically.
+
+        ``half`` stores floating-point weights as float16 (half the size, for shipping); :meth:`load`
+        reads them back into float32.
+        """
         directory = Path(directory)
         config = {"format": FORMAT, **self.config.to_dict()}
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        if half:
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         metadata = {"config": json.dumps(config)}
         write_atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata=metadata))
         write_json_atomic(directory / CONFIG_FILE, config)
