@@ -105,8 +105,8 @@ def test_masked_samples_keep_every_invariant(num_samples):
         elif info.kind == "pixels":
             sample[info.name] = np.zeros((3, info.image_size, info.image_size), np.float32)
     for i in range(num_samples):
-        sample["caption"] = rng.integers(300, 1000, 5 + i % 40)
-        sample["det"] = rng.integers(300, 1000, 5 * (i % 12))
+        sample["caption@64"] = rng.integers(300, 1000, 5 + i % 40)
+        sample["det@64"] = rng.integers(300, 1000, 5 * (i % 12))
         budgets = masking.draw_budgets(rng)
         out = masking.apply_budgets(sample, budgets, rng)
         for j, info in enumerate(infos):
@@ -164,7 +164,7 @@ def test_ten_thousand_batched_samples_keep_every_invariant():
     for _ in range(DRAWS // 500):
         samples = []
         for i in range(500):
-            sample = {"caption": rng.integers(300, 1000, 5 + i % 40), "det": rng.integers(300, 1000, 5 * (i % 12))}
+            sample = {"caption@64": rng.integers(300, 1000, 5 + i % 40), "det@64": rng.integers(300, 1000, 5 * (i % 12))}
             for info in infos:
                 if info.kind == "image_tokens":
                     sample[info.name] = np.zeros(info.max_tokens, np.int64)
