@@ -170,7 +170,8 @@ def from_pretrained(
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}: nothing to load the weights from")
-    state, _ = read_safetensors(weights)
+    state, metadata = read_safetensors(weights)
+    state = expand_shared(state, metadata, str(weights))
     model = FourM(config)
     load_state_dict_strict(model, state, str(weights), strict)
     return model.to(map_location)
@@ -194,6 +195,36 @@ def _download(repo_id: str) -> Path:
             "Offline? Download the directory elsewhere and pass its path."
         ) from None
     return Path(path)
+
+
+SHARED_KEY = "open4m_shared"
+
+
+def shared_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """``{key: first key}`` for every state-dict key whose tensor is shared with an earlier key."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        ptr = tensor.data_ptr()
+        if ptr in first:
+            aliases[key] = first[ptr]
+        else:
+            first[ptr] = key
+    return aliases
+
+
+def expand_shared(state: dict[str, torch.Tensor], metadata: dict[str, str], source: str) -> dict[str, torch.Tensor]:
+    """Restore the keys a ``shared_once`` file stores once (its ``open4m_shared`` metadata); others unchanged."""
+    if SHARED_KEY not in metadata:
+        return state
+    try:
+        aliases = json.loads(metadata[SHARED_KEY])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{source}: metadata {SHARED_KEY!r} is not valid JSON: {err}") from None
+    missing = sorted({kept for kept in aliases.values() if kept not in state})
+    if missing:
+        raise ValueError(f"{source}: shared tensors {missing} listed in {SHARED_KEY!r} are not in the file")
+    return {**state, **{key: state[kept] for key, kept in aliases.items()}}
 
 
 def state_dict_for_saving(model: FourM, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -220,10 +251,14 @@ def official_config(model: FourM) -> dict:
 
 
 def save_pretrained(model: FourM, directory: str | os.PathLike, overwrite: bool = False,
-                    dtype: torch.dtype | None = None) -> Path:
+                    dtype: torch.dtype | None = None, shared_once: bool = False) -> Path:
     """Write ``model`` as ``directory/config.json`` + ``directory/model.safetensors``, each atomically.
 
-    Refuses to replace an existing model there unless ``overwrite=True``.
+    ``dtype`` casts floating-point weights (e.g. ``torch.float16`` to ship a model at half the size).
+    ``shared_once`` stores each shared tensor (tied heads, shared modality embeddings) under one key only and
+    lists the others in the file's ``open4m_shared`` metadata, which :func:`from_pretrained` expands again;
+    the default stores every key, as the official release files do. Refuses to replace an existing model
+    there unless ``overwrite=True``.
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -234,6 +269,10 @@ def save_pretrained(model: FourM, directory: str | os.PathLike, overwrite: bool 
     config = official_config(model)
     metadata = {key: str(value) for key, value in config.items() if key != "modality_specs"}
     state = state_dict_for_saving(model, dtype)
+    if shared_once:
+        aliases = shared_aliases(model)
+        state = {k: v for k, v in state.items() if k not in aliases}
+        metadata[SHARED_KEY] = json.dumps(aliases, sort_keys=True)
     _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
     _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config)))
     return directory
