@@ -18,7 +18,7 @@ from open4m.mixtures import MaskingConfig
 from open4m.pixels import to_model_pixels
 from open4m.sequences import to_text
 from open4m.shipped import world_tokenizers_dir
-from open4m.tokenizer_set import TokenizerSet
+from open4m.tokenizer_set import TokenizerSet, file_sha256
 
 IMAGE = {"tok_rgb@64": "rgb", "tok_depth@64": "depth", "tok_normal@64": "normal", "tok_semseg@64": "semseg"}
 MEMBERS = ["caption@64.txt", "det@64.json", "rgb@64.png", "tok_depth@64.npy", "tok_normal@64.npy",
@@ -92,9 +92,9 @@ def test_manifest_records_tokenizers_counts_and_members(raw, clean, tokenizers):
     assert manifest["tokenizers"] == str(world_tokenizers_dir().resolve())
     assert manifest["sha256"] == tokenizers.sha256
     assert manifest["members"] == MEMBERS
-    shards = manifest["shards"]
-    assert {name: entry["samples"] for name, entry in shards.items()} == {
-        "world-train-000000.tar": 3, "world-train-000001.tar": 2}
+    assert manifest["shards"] == {
+        p.name: {"samples": n, "sha256": file_sha256(clean / p.name), "source_sha256": file_sha256(p)}
+        for p, n in zip(list_shards(raw), (3, 2), strict=True)}
 
 
 def test_rerun_skips_finished_shards(raw, clean, tmp_path):
@@ -130,6 +130,18 @@ def test_a_changed_shard_listed_in_the_manifest_is_redone(raw, clean, tmp_path):
     report = pretokenize(raw, out, batch_size=2)
     assert (report.written, report.skipped) == (1, 1)
     assert file_bytes(out) == file_bytes(clean)
+
+
+def test_a_changed_raw_shard_is_tokenized_again(raw, tmp_path):
+    shutil.copytree(raw, tmp_path / "raw")
+    pretokenize(tmp_path / "raw", tmp_path / "tok")
+    first = list_shards(tmp_path / "raw")[0]
+    samples = list(iter_shard(first))[:2]
+    write_shard(first, samples, overwrite=True)
+    report = pretokenize(tmp_path / "raw", tmp_path / "tok")
+    assert (report.written, report.skipped, report.samples) == (1, 1, 2)
+    assert [s["__key__"] for s in iter_shard(tmp_path / "tok" / first.name)] == [s["__key__"] for s in samples]
+    assert json.loads((tmp_path / "tok" / MANIFEST).read_text())["shards"][first.name]["samples"] == 2
 
 
 def test_one_and_two_workers_write_identical_bytes(raw, clean, tmp_path):

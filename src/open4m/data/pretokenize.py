@@ -18,11 +18,13 @@ tokenizers' image size, 64 for the world):
     {"format": "open4m-token-shards/1", "source": "/abs/raw", "tokenizers": "/abs/set",
      "sha256": {"tok_rgb@64": "...", ..., "caption@64": "...", "det@64": "..."},   # TokenizerSet.sha256
      "members": ["caption@64.txt", "det@64.json", "rgb@64.png", "tok_depth@64.npy", ...],
-     "shards": {"world-train-000000.tar": {"samples": 500, "sha256": "<of the token shard file>"}, ...}}
+     "shards": {"world-train-000000.tar": {"samples": 500, "sha256": "<token shard file>",
+                                           "source_sha256": "<raw shard file>"}, ...}}
 
-Resuming: a shard is skipped when its final file exists and either matches the manifest's sha256 or its tar
-headers show the source's keys in order with exactly the expected members; anything else is (re)written and
-leftover temporaries are removed. A manifest whose tokenizer hashes, members or source differ refuses the run
+Resuming: a shard is skipped when its final file exists and either its manifest entry matches (both file hashes)
+or, not listed (a run stopped between writing it and updating the manifest), its tar headers show the source's
+keys in order with exactly the expected members; anything else is (re)written and leftover temporaries are
+removed. A manifest whose tokenizer hashes, members or source differ refuses the run
 unless ``overwrite``; so does an output folder holding shards but no manifest, and one holding shards that are
 not in the source (always: remove them or pick another folder).
 """
@@ -160,23 +162,29 @@ def _raw_image(entry: dict, raw: str) -> np.ndarray:
 _WORKER: dict = {}
 
 
-def _init_worker(tokenizers_dir: str, device: str, batch_size: int) -> None:
-    """Load the set once per process, one torch thread, image tokenizers on ``device``."""
+def _init_worker(tokenizers: str | TokenizerSet, device: str, batch_size: int) -> None:
+    """Per process: one torch thread, the set (loaded once from its folder) with its image tokenizers on
+    ``device`` encoding ``batch_size`` images per forward."""
     torch.set_num_threads(1)
-    tokenizers = TokenizerSet.load(tokenizers_dir)
+    if not isinstance(tokenizers, TokenizerSet):
+        tokenizers = TokenizerSet.load(tokenizers)
     for tokenizer in tokenizers.image.values():
         tokenizer.model.to(device)
         tokenizer.batch_size = batch_size
     _WORKER.update(tokenizers=tokenizers, plan=plan_for(tokenizers))
 
 
-def _tokenize_shard(job: tuple[str, str]) -> tuple[str, int, str]:
-    """Worker: tokenize raw shard ``source`` into ``target``; returns (shard name, samples, sha256 of the file)."""
+def _tokenize_shard(job: tuple[str, str]) -> tuple[str, dict]:
+    """Worker: tokenize raw shard ``source`` into ``target``; returns (shard name, its manifest entry)."""
     source, target = job
     entries = list(iter_shard(source))
     samples = tokenize_samples(entries, _WORKER["tokenizers"], _WORKER["plan"], where=f"shard {source}")
     write_shard(target, samples, overwrite=True)
-    return Path(target).name, len(samples), file_sha256(Path(target))
+    return Path(target).name, _shard_entry(Path(source), Path(target), len(samples))
+
+
+def _shard_entry(source: Path, target: Path, samples: int) -> dict:
+    return {"samples": samples, "sha256": file_sha256(target), "source_sha256": file_sha256(source)}
 
 
 # --- the run -----------------------------------------------------------------------------------------------
@@ -226,17 +234,17 @@ def pretokenize(data: str | Path, out: str | Path, tokenizers: str | Path | None
     jobs = []
     for source in sources:
         if _is_complete(source, out / source.name, manifest["shards"].get(source.name), plan.members):
-            manifest["shards"].setdefault(source.name, {"samples": len(shard_keys(source)),
-                                                        "sha256": file_sha256(out / source.name)})
+            if source.name not in manifest["shards"]:
+                manifest["shards"][source.name] = _shard_entry(source, out / source.name, len(shard_keys(source)))
         else:
             manifest["shards"].pop(source.name, None)
             jobs.append((str(source), str(out / source.name)))
     _write_manifest(out, manifest)
     samples = 0
-    for name, count, digest in _run_jobs(jobs, str(tokenizers), device, batch_size, workers, progress):
-        manifest["shards"][name] = {"samples": count, "sha256": digest}
+    for name, entry in _run_jobs(jobs, tokenizer_set, str(tokenizers), device, batch_size, workers, progress):
+        manifest["shards"][name] = entry
         _write_manifest(out, manifest)
-        samples += count
+        samples += entry["samples"]
     return TokenizeReport(written=len(jobs), skipped=len(sources) - len(jobs), samples=samples,
                           seconds=time.perf_counter() - start, out=out)
 
@@ -289,11 +297,11 @@ def _check_existing(out: Path, manifest: dict, source_names: set[str], overwrite
 
 
 def _is_complete(source: Path, target: Path, listed: dict | None, members: list[str]) -> bool:
-    """True when ``target`` is a finished token shard of ``source`` (manifest hash, else its tar headers)."""
+    """True when ``target`` is a finished token shard of ``source`` (manifest entry, else its tar headers)."""
     if not target.is_file():
         return False
     if listed:
-        return listed.get("sha256") == file_sha256(target)
+        return listed.get("sha256") == file_sha256(target) and listed.get("source_sha256") == file_sha256(source)
     try:
         with tarfile.open(target, mode="r") as tar:
             names = [info.name for info in tar if info.isfile()]
@@ -307,14 +315,16 @@ def _is_complete(source: Path, target: Path, listed: dict | None, members: list[
         return False
 
 
-def _run_jobs(jobs: list[tuple[str, str]], tokenizers: str, device: str, batch_size: int, workers: int,
-              progress: bool) -> Iterator[tuple[str, int, str]]:
+def _run_jobs(jobs: list[tuple[str, str]], loaded: TokenizerSet, folder: str, device: str, batch_size: int,
+              workers: int, progress: bool) -> Iterator[tuple[str, dict]]:
+    """Tokenize ``jobs`` in this process with the ``loaded`` set, or in ``workers`` spawned processes that each
+    load the set from ``folder``; yields (shard name, manifest entry) as shards finish."""
     if not jobs:
         return
     if workers == 1 or len(jobs) == 1:
         threads = torch.get_num_threads()
         try:
-            _init_worker(tokenizers, device, batch_size)
+            _init_worker(loaded, device, batch_size)
             yield from _progress(map(_tokenize_shard, jobs), progress, len(jobs))
         finally:
             torch.set_num_threads(threads)
@@ -322,7 +332,7 @@ def _run_jobs(jobs: list[tuple[str, str]], tokenizers: str, device: str, batch_s
         return
     context = multiprocessing.get_context("spawn")
     with context.Pool(min(workers, len(jobs)), initializer=_init_worker,
-                      initargs=(tokenizers, device, batch_size)) as pool:
+                      initargs=(folder, device, batch_size)) as pool:
         yield from _progress(pool.imap_unordered(_tokenize_shard, jobs), progress, len(jobs))
 
 
