@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import open4m.data.pretokenize as pretokenize_module
 from open4m.cli import main
 from open4m.data.loader import DatasetSpec, MaskedBatches, validation_batches
 from open4m.data.pretokenize import FORMAT, MANIFEST, pretokenize
@@ -167,6 +168,43 @@ def rgb_only_set(tmp_path_factory):
     path = tmp_path_factory.mktemp("rgb_set") / "set"
     TokenizerSet({"tok_rgb@64": rgb}).save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def changed_rgb_set(tmp_path_factory):
+    """The world set with a slightly changed rgb tokenizer: same members, one other hash."""
+    changed = TokenizerSet.load(world_tokenizers_dir())
+    with torch.no_grad():
+        next(changed.image["tok_rgb@64"].model.parameters()).add_(0.01)
+    return changed.save(tmp_path_factory.mktemp("changed_set") / "set", half=True)
+
+
+def dying(*args, **kwargs):
+    raise RuntimeError("killed")
+    yield
+
+
+def test_overwrite_with_other_tokenizers_redoes_every_shard(raw, clean, changed_rgb_set, tmp_path, monkeypatch):
+    out = tmp_path / "tok"
+    shutil.copytree(clean, out)
+    with pytest.raises(ValueError, match=r"tokenizer hashes differ for \['tok_rgb@64'\]"):
+        pretokenize(raw, out, tokenizers=changed_rgb_set)
+    # --overwrite, but the run dies before tokenizing anything: resuming it must not adopt an old shard
+    with monkeypatch.context() as patch:
+        patch.setattr(pretokenize_module, "_run_jobs", dying)
+        with pytest.raises(RuntimeError, match="killed"):
+            pretokenize(raw, out, tokenizers=changed_rgb_set, overwrite=True)
+    report = pretokenize(raw, out, tokenizers=changed_rgb_set)
+    assert (report.written, report.skipped) == (2, 0)
+    changed = TokenizerSet.load(changed_rgb_set)
+    with one_thread():
+        for shard in list_shards(raw):
+            for sample, source, old in zip(iter_shard(out / shard.name), iter_world_samples([shard]),
+                                           iter_shard(clean / shard.name), strict=True):
+                expected = changed.image["tok_rgb@64"].encode(source["rgb"])[0]
+                np.testing.assert_array_equal(sample["tok_rgb@64.npy"], expected)
+                np.testing.assert_array_equal(sample["tok_depth@64.npy"], old["tok_depth@64.npy"])
+    assert not np.array_equal(*(next(iter_shard(d / "world-train-000000.tar"))["tok_rgb@64.npy"] for d in (out, clean)))
 
 
 def test_the_set_decides_which_modalities_are_written(raw, rgb_only_set, tmp_path):

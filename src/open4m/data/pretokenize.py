@@ -24,9 +24,11 @@ tokenizers' image size, 64 for the world):
 Resuming: a shard is skipped when its final file exists and either its manifest entry matches (both file hashes)
 or, not listed (a run stopped between writing it and updating the manifest), its tar headers show the source's
 keys in order with exactly the expected members; anything else is (re)written and leftover temporaries are
-removed. A manifest whose tokenizer hashes, members or source differ refuses the run
-unless ``overwrite``; so does an output folder holding shards but no manifest, and one holding shards that are
-not in the source (always: remove them or pick another folder).
+removed. The manifest is written before any shard, so an unlisted shard under a matching manifest was made with
+these tokenizers. A manifest whose tokenizer hashes, members or source differ refuses the run unless
+``overwrite`` (which then deletes and rewrites every token shard named like a source shard); so does an output
+folder holding shards but no manifest; one holding shards that are not in the source is always refused (remove
+them or pick another folder).
 """
 
 from __future__ import annotations
@@ -228,8 +230,12 @@ def pretokenize(data: str | Path, out: str | Path, tokenizers: str | Path | None
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"format": FORMAT, "source": str(data), "tokenizers": str(tokenizers), "sha256": sha,
                 "members": plan.members, "shards": {}}
-    manifest["shards"] = _check_existing(out, manifest, {p.name for p in sources}, overwrite)
+    previous = _check_existing(out, manifest, {p.name for p in sources}, overwrite)
     remove_partial_shards(out)
+    if previous is None:  # a fresh start (or --overwrite): shards under our names are replaced, none adopted
+        for source in sources:
+            (out / source.name).unlink(missing_ok=True)
+    manifest["shards"] = previous or {}
     _write_manifest(out, manifest)
     jobs = []
     for source in sources:
@@ -258,8 +264,9 @@ def _check_device(device: str) -> None:
         raise ValueError(f"device {device!r}: CUDA is not available on this machine")
 
 
-def _check_existing(out: Path, manifest: dict, source_names: set[str], overwrite: bool) -> dict:
-    """The finished-shard table to start from; refuses output this run must not mix with (see module docstring)."""
+def _check_existing(out: Path, manifest: dict, source_names: set[str], overwrite: bool) -> dict | None:
+    """The finished-shard table of a matching earlier run, or None for a fresh start (no manifest, or a different
+    one and ``overwrite``); refuses output this run must not mix with (see the module docstring)."""
     existing = {p.name for p in list_shards(out)}
     strangers = sorted(existing - source_names)
     if strangers:
@@ -270,7 +277,7 @@ def _check_existing(out: Path, manifest: dict, source_names: set[str], overwrite
         if existing and not overwrite:
             raise ValueError(f"{out} holds shards ({sorted(existing)[0]}, ...) but no {MANIFEST}; refusing to "
                              "overwrite files this tool did not make; pass --overwrite or use another folder")
-        return {}
+        return None
     try:
         previous = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -281,7 +288,7 @@ def _check_existing(out: Path, manifest: dict, source_names: set[str], overwrite
     if not changed:
         return dict(previous.get("shards", {}))
     if overwrite:
-        return {}
+        return None
     details = []
     if "sha256" in changed:
         old, new = previous.get("sha256") or {}, manifest["sha256"]
