@@ -11,7 +11,7 @@ import torch
 import open4m.data.pretokenize as pretokenize_module
 from open4m.cli import main
 from open4m.data.loader import DatasetSpec, MaskedBatches, validation_batches
-from open4m.data.pretokenize import FORMAT, MANIFEST, pretokenize
+from open4m.data.pretokenize import FORMAT, MANIFEST, pretokenize, read_manifest
 from open4m.data.shards import iter_shard, list_shards, write_shard
 from open4m.data.world.sample import iter_world_samples
 from open4m.data.world.writer import write_world
@@ -87,7 +87,8 @@ def check_shards(raw, clean, tokenizers):
 
 
 def test_manifest_records_tokenizers_counts_and_members(raw, clean, tokenizers):
-    manifest = json.loads((clean / MANIFEST).read_text())
+    manifest = read_manifest(clean)
+    assert manifest == json.loads((clean / MANIFEST).read_text())
     assert manifest["format"] == FORMAT
     assert manifest["source"] == str(raw.resolve())
     assert manifest["tokenizers"] == str(world_tokenizers_dir().resolve())
@@ -284,6 +285,16 @@ def test_a_raw_sample_lacking_a_modality_is_named(raw, tmp_path):
     with pytest.raises(ValueError, match=rf"broken\.tar: sample '{key}' lacks depth\.npy \(needed for tok_depth@64\)"):
         pretokenize(tmp_path / "raw", tmp_path / "out")
     assert list_shards(tmp_path / "out") == []
+
+
+def test_a_folder_without_a_token_manifest_is_named(raw, tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no manifest.json"):
+        read_manifest(raw)
+    (tmp_path / MANIFEST).write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="is not an open4m-token-shards/1 manifest"):
+        read_manifest(tmp_path)
+    with pytest.raises(ValueError, match="is not an open4m-token-shards/1 manifest"):
+        pretokenize(raw, tmp_path)
 
 
 def test_foreign_files_in_the_output_are_not_overwritten(raw, clean, tmp_path):

@@ -255,6 +255,21 @@ def pretokenize(data: str | Path, out: str | Path, tokenizers: str | Path | None
                           seconds=time.perf_counter() - start, out=out)
 
 
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of a token-shard folder (see the module docstring), e.g. to check a model's tokenizer hashes
+    against ``manifest["sha256"]``. Raises FileNotFoundError / ValueError naming the file."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} holds no {MANIFEST}; it was not written by `open4m tokenize`")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an {FORMAT} manifest")
+    return manifest
+
+
 def _check_device(device: str) -> None:
     try:
         kind = torch.device(device).type
@@ -272,18 +287,12 @@ def _check_existing(out: Path, manifest: dict, source_names: set[str], overwrite
     if strangers:
         raise ValueError(f"{out} holds shards that are not in the source {manifest['source']}: {strangers[:5]}"
                          f"{' ...' if len(strangers) > 5 else ''}; remove them or use another output folder")
-    path = out / MANIFEST
-    if not path.exists():
+    if not (out / MANIFEST).exists():
         if existing and not overwrite:
             raise ValueError(f"{out} holds shards ({sorted(existing)[0]}, ...) but no {MANIFEST}; refusing to "
                              "overwrite files this tool did not make; pass --overwrite or use another folder")
         return None
-    try:
-        previous = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(previous, dict) or previous.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an {FORMAT} manifest; use another output folder")
+    previous = read_manifest(out)
     changed = [key for key in ("sha256", "members", "source") if previous.get(key) != manifest[key]]
     if not changed:
         return dict(previous.get("shards", {}))
