@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from open4m import __version__
@@ -250,6 +251,43 @@ def _add_tokenize_parser(sub) -> None:
 # --- end of open4m tokenize --------------------------------------------------------------------------------
 
 
+# --- open4m quickstart: world -> tokens -> train -> evaluate -> report (open4m.quickstart) ------------------
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from open4m.quickstart import run_quickstart
+
+    report = run_quickstart(args.out, minutes=args.minutes, fast=args.fast, train_tokenizers=args.train_tokenizers,
+                            overwrite=args.overwrite, workers=args.workers, progress=not args.no_progress)
+    print(f"report: {report}")
+    return 0
+
+
+def _add_quickstart_parser(sub) -> None:
+    p = sub.add_parser(
+        "quickstart", help="render the world, train a small 4M on it, evaluate it and write a report folder",
+        description="Render world scenes, tokenize them (shipped tokenizers), train a small 4M sized to the time "
+        "budget, evaluate it against the untrained model on held-out scenes, and write OUT/report.md (metrics, "
+        "sample grids, loss curve) and OUT/model (use with `open4m generate --model OUT/model`). A rerun "
+        "continues an unfinished run of the same settings (a crash resumes the training) and leaves a finished "
+        "one as it is; another budget in the same folder needs --overwrite.")
+    p.add_argument("--out", default="runs/quickstart", help="report folder (default runs/quickstart)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help="time budget in minutes (default 30 on a 2-core CPU)")
+    budget.add_argument("--fast", action="store_true", help="a ~3 minute run with a smaller model (what CI runs)")
+    p.add_argument("--train-tokenizers", action="store_true",
+                   help="train the image tokenizers with configs/tokenizers/*.yaml instead of using the shipped "
+                   "ones (about 15 min per tokenizer on 2 CPU cores, 4 tokenizers, on top of the budget)")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier quickstart run in --out and start over")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="processes for rendering and tokenizing (default: the CPU count, at most 4)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_quickstart)
+
+
+# --- end of open4m quickstart ------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="open4m",
@@ -266,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_parser(sub)
     _add_train_parser(sub)
     _add_tokenize_parser(sub)
+    _add_quickstart_parser(sub)
     return parser
 
 
