@@ -42,7 +42,7 @@ STATE_FILE = "stages.json"
 STAGES = ("world", "tokenizers", "tokenize", "train", "export", "evaluate", "samples", "report")
 OWN_ENTRIES = ("data", "tokenizers", "train", "calibrate", "model", "eval", "report.md", "loss.png",
                "samples_rgb_to_all.png", "samples_caption_to_all.png", STATE_FILE)
-CALIBRATION_STEPS = 4
+CALIBRATION_STEPS = 6
 TOKENIZER_CONFIGS = {"rgb": "rgb_fsq.yaml", "depth": "depth.yaml", "normal": "normal.yaml", "semseg": "semseg.yaml"}
 
 
@@ -63,7 +63,7 @@ class Quickstart:
                  progress: bool = True, log: Callable[[str], None] = print) -> None:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"--workers must be a positive integer, got {workers!r}")
-        self.out, self.settings, self.workers = Path(out), settings, workers
+        self.out, self.settings, self.workers = Path(out), settings.validate(), workers
         self.progress, self.log = progress, log
         self.state = self._open(overwrite)
 
@@ -279,7 +279,7 @@ class Quickstart:
         wall = time.perf_counter() - start
         records = [json.loads(line) for line in (calibrate / "metrics.jsonl").read_text().splitlines()]
         tokens = s.batch_size * 256
-        per_step = [tokens / r["tokens_per_s"] for r in records[1:]]
+        per_step = [tokens / r["tokens_per_s"] for r in records[2:]]  # the first steps warm up
         seconds_per_step = statistics.median(per_step)
         startup = max(0.0, wall - sum(tokens / r["tokens_per_s"] for r in records))
         shutil.rmtree(calibrate, ignore_errors=True)
@@ -339,7 +339,7 @@ class Quickstart:
             folder = self.out / "eval" / name
             if (folder / "results.json").is_file():
                 continue
-            self.log(f"  evaluating the {name} model on {s.eval_scenes} held-out scenes")
+            self.log(f"  evaluating the {'trained' if name == 'model' else name} model on {s.eval_scenes} scenes")
             results = evaluation.evaluate_model(make(), tokenizers, world_shard_samples(self.raw / "val"),
                                                 s.eval_scenes, s.eval_batch_size, steps=s.eval_steps, seed=s.seed,
                                                 progress=self.progress)

@@ -26,7 +26,7 @@ MIN_STEPS = 20
 # replaces the training and evaluation priors by a calibration on the machine at hand).
 PRIOR_RENDER_S_PER_SCENE = 0.01
 PRIOR_TOKENIZE_S_PER_SCENE = 0.05
-PRIOR_EVAL_S_PER_SCENE = 4.0  # per evaluated model, dim 128, 4 MaskGIT steps
+PRIOR_EVAL_S_PER_SCENE = 2.0  # per evaluated model, dim 128, 4 MaskGIT steps
 PRIOR_STARTUP_S = 10.0  # per library stage: imports, model / tokenizer loading
 TOKENIZER_TRAIN_S = 15 * 60  # one image tokenizer with configs/tokenizers/*.yaml on 2 CPU cores
 
@@ -58,6 +58,22 @@ class Settings:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def validate(self) -> Settings:
+        """Clear errors for sizes that cannot run; returns self."""
+        for key in ("train_scenes", "val_scenes", "eval_scenes", "sample_scenes", "dim", "depth", "num_heads",
+                    "batch_size", "eval_steps", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"quickstart settings: {key} must be >= 1, got {getattr(self, key)}")
+        for key in ("eval_scenes", "sample_scenes", "batch_size"):
+            if getattr(self, key) > self.val_scenes:
+                raise ValueError(f"quickstart settings: {key} ({getattr(self, key)}) needs at least as many "
+                                 f"held-out scenes, but val_scenes is {self.val_scenes}")
+        if self.batch_size > self.train_scenes:
+            raise ValueError(f"quickstart settings: batch_size {self.batch_size} > train_scenes {self.train_scenes}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"quickstart settings: steps must be >= 1 or None, got {self.steps}")
+        return self
 
 
 def plan_settings(minutes: float | None = None, fast: bool = False, train_tokenizers: bool = False) -> Settings:
@@ -116,7 +132,7 @@ def train_config(s: Settings, train_tokens: Path, val_tokens: Path, tokenizers: 
         "save_every": max(10, steps // 10),
         "keep_last": 1,
         "val_every": 0,
-        "val_batches": 2,
+        "val_batches": max(1, min(2, s.val_scenes // s.batch_size)),
         "log_every": 1,
         "seed": s.seed,
         "out_dir": str(out_dir),
