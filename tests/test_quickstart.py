@@ -193,6 +193,26 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(tiny_run, tmp_path,
     assert _state(out)["stages"]["train"]["steps"] == 2
 
 
+@pytest.mark.slow
+def test_trained_tokenizers_make_the_set_the_token_shards_use(tmp_path):
+    from open4m.data.pretokenize import read_manifest
+    from open4m.shipped import world_tokenizers_dir
+    from open4m.tokenizer_set import TokenizerSet
+
+    out = tmp_path / "q"
+    settings = Settings(**{**TINY.to_dict(), "train_tokenizers": True, "tokenizer_steps": 2})
+    Quickstart(out, settings, progress=False, log=lambda s: None).run(stop_after="tokenize")
+    trained, shipped = TokenizerSet.load(out / "tokenizers" / "set"), TokenizerSet.load(world_tokenizers_dir())
+    assert trained.modalities == shipped.modalities
+    for name in trained.image:  # new image tokenizers, the shipped text tokenizer
+        assert trained.sha256[name] != shipped.sha256[name]
+    assert trained.sha256["caption@64"] == shipped.sha256["caption@64"]
+    manifest = read_manifest(out / "data" / "tokens" / "train")
+    assert manifest["sha256"] == trained.sha256
+    assert json.loads((out / "tokenizers" / "depth" / "train_summary.json").read_text())
+    assert _state(out)["parts"] == {f"tokenizer {m}": True for m in ("rgb", "depth", "normal", "semseg")}
+
+
 def test_other_settings_are_refused_and_overwrite_starts_over(tmp_path):
     out = tmp_path / "q"
     Quickstart(out, TINY, progress=False, log=lambda s: None).run(stop_after="world")

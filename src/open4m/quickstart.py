@@ -149,7 +149,6 @@ class Quickstart:
             return self.out / "report.md"
         self._print_plan()
         started = time.perf_counter()
-        self.state.setdefault("started", time.time())
         runners = {"world": self.stage_world, "tokenizers": self.stage_tokenizers, "tokenize": self.stage_tokenize,
                    "train": self.stage_train, "export": self.stage_export, "evaluate": self.stage_evaluate,
                    "samples": self.stage_samples, "report": self.stage_report}
