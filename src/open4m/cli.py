@@ -159,6 +159,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         settings["scheme"] = args.scheme
     result, path = generate_to_png(args.model, args.conditions, args.to.split(","), args.out,
                                    text_tokenizer_path=args.text_tokenizer, seed=args.seed, overwrite=args.force,
+                                   tokenizers_path=args.tokenizers, allow_unknown_words=args.allow_unknown_words,
                                    **settings)
     for name, value in result.decoded.items():
         if isinstance(value, list) and value and isinstance(value[0], str):
@@ -169,13 +170,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _add_generate_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate modalities from conditions with a 4M model; writes a PNG grid")
-    p.add_argument("--model", required=True, help="model folder (config.json + model.safetensors)")
+    p.add_argument("--model", help="model folder (config.json + model.safetensors); default: the shipped world model")
     p.add_argument("--from", dest="conditions", action="append", default=[], metavar="NAME=VALUE",
-                   help="a condition: caption=\"text\", tok_rgb@224=tokens.npy, tok_rgb@224=photo.png (repeatable)")
+                   help="a condition: caption=\"text\", rgb=scene.png, tok_rgb@224=tokens.npy (repeatable)")
     p.add_argument("--to", required=True,
                    help="comma-separated targets in order (short names like depth work), or 'all'")
-    p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--text-tokenizer", help="text tokenizer json (default: one saved in the model folder)")
+    p.add_argument("--out", help="PNG file to write (default: a new generated.png / generated-N.png here)")
+    p.add_argument("--tokenizers", help="tokenizer set folder (default: MODEL/tokenizers, else the shipped world set)")
+    p.add_argument("--text-tokenizer", help="text tokenizer json (default: one in the model folder, else the set's)")
+    p.add_argument("--allow-unknown-words", action="store_true",
+                   help="accept caption words a closed-vocabulary (world) text tokenizer does not hold")
     p.add_argument("--scheme", choices=["maskgit", "roar"], help="image decoding scheme (default maskgit)")
     p.add_argument("--steps", type=int, default=8, help="decoding steps per image target (default 8)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")

@@ -336,7 +336,7 @@ def _train(c: TrainConfig, resume: bool, batches: Iterable[dict] | None, state: 
                 with _autocast(c, state.device):
                     loss, mods = model(_to_device(batch, state.device), n_enc, n_dec, c.loss_type)
                 (loss / c.accum_steps).backward()
-            total += loss.detach().double() / c.accum_steps
+            total += loss.detach().double().cpu() / c.accum_steps
             for k, v in mods.items():
                 per_mod[k] = per_mod.get(k, 0.0) + float(v.detach()) / c.accum_steps
         grad_norm = None
