@@ -147,9 +147,11 @@ def generate_to_png(
     With a small closed-vocabulary text tokenizer (under 10,000 ids, like the world's), a caption word it
     lacks is an error unless ``allow_unknown_words``."""
     from open4m.model import from_pretrained
+    from open4m.runtime import tune_cpu
     from open4m.shipped import world_model_dir
     from open4m.viz import save_grid
 
+    tune_cpu()
     model_dir = Path(model_dir) if model_dir is not None else world_model_dir()
     out = Path(out) if out is not None else default_output()
     if out.exists() and not overwrite:
