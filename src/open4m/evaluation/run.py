@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
@@ -313,4 +314,57 @@ def evaluate_model(
     return evaluator.results(done, settings, time.perf_counter() - start)
 
 
-__all__ = ["FORMAT", "evaluate_model"]
+def load_model_and_tokenizers(model_dir: str | Path, tokenizers_dir: str | Path | None = None):
+    """``(model, tokenizer set)`` from a model folder; the tokenizers default to ``model_dir/tokenizers`` when it
+    holds a set, else the shipped world tokenizers. Clear FileNotFoundError / ValueError for bad folders."""
+    from open4m.model import from_pretrained
+    from open4m.shipped import world_tokenizers_dir
+    from open4m.tokenizer_set import MANIFEST, TokenizerSet
+
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise FileNotFoundError(f"model folder {model_dir} does not exist")
+    if not model_dir.is_dir():
+        raise ValueError(f"{model_dir} is not a folder; expected a model folder (config.json + model.safetensors)")
+    model = from_pretrained(model_dir)
+    if tokenizers_dir is None:
+        tokenizers_dir = model_dir / "tokenizers" if (model_dir / "tokenizers" / MANIFEST).is_file() \
+            else world_tokenizers_dir()
+    return model, TokenizerSet.load(tokenizers_dir)
+
+
+def evaluate_folder(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    tokenizers_dir: str | Path | None = None,
+    num_scenes: int = 1000,
+    overwrite: bool = False,
+    baseline: str | Path | None = None,
+    **settings,
+) -> dict:
+    """``open4m eval``: load the model (:func:`load_model_and_tokenizers`), evaluate it on the world shards in
+    ``data_dir`` (:func:`evaluate_model`, ``settings`` passed on) and write the report to ``out_dir``
+    (:func:`open4m.evaluation.report.write_report`; ``baseline``: an earlier ``results.json`` of an untrained
+    model for the table's last column). Everything is checked before the model runs. Returns the results."""
+    from open4m.evaluation.report import RESULTS_FILE, TABLE_FILE, load_results, write_report
+    from open4m.vq.samples import world_shard_samples
+
+    out_dir = Path(out_dir)
+    existing = [name for name in (RESULTS_FILE, TABLE_FILE) if (out_dir / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds an evaluation report ({', '.join(existing)}); "
+                              "pass --overwrite to replace it")
+    if not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"data folder {data_dir} does not exist (expected world shards, *.tar, "
+                                "as `open4m world render` writes them)")
+    samples = world_shard_samples(data_dir)
+    base = load_results(baseline) if baseline is not None else None
+    model, tokenizers = load_model_and_tokenizers(model_dir, tokenizers_dir)
+    results = evaluate_model(model, tokenizers, samples, num_scenes, **settings)
+    write_report(results, out_dir, baseline=base, overwrite=overwrite)
+    return results
+
+
+__all__ = ["FORMAT", "evaluate_folder", "evaluate_model", "load_model_and_tokenizers"]
