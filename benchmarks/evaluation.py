@@ -1,13 +1,11 @@
 """Time of `open4m eval` per task on rendered held-out world scenes, for a model folder or a random model.
 
 Without ``--model`` a randomly initialised model of the ``tiny`` preset (dim 384, 6+6 layers, or ``--dim`` /
-``--depth`` to shrink it; heads of 64 dims) with every world modality is evaluated: its scores are an untrained baseline, and
-untrained sequences always run to their maximum length (128 caption / 64 det tokens), so the sequence
-tasks take their longest time here.
+``--depth`` to shrink it; heads of 64 dims) with every world modality is evaluated: its scores are an
+untrained baseline. An untrained model's sequences may run to their maximum length (128 caption / 64 det
+tokens) or stop at once, so the sequence tasks' times vary from one random model to another.
 
-    PYTHONPATH=src python -P benchmarks/evaluation.py [--scenes 32] [--batch-size 16] [--steps 8] [--model DIR]
-
-(``-P``: benchmarks/tokenizers.py would otherwise shadow the ``tokenizers`` package.)
+    PYTHONPATH=src python -m benchmarks.evaluation [--scenes 32] [--batch-size 16] [--steps 8] [--model DIR]
 """
 
 from __future__ import annotations

@@ -164,7 +164,8 @@ def test_ten_thousand_batched_samples_keep_every_invariant():
     for _ in range(DRAWS // 500):
         samples = []
         for i in range(500):
-            sample = {"caption@64": rng.integers(300, 1000, 5 + i % 40), "det@64": rng.integers(300, 1000, 5 * (i % 12))}
+            sample = {"caption@64": rng.integers(300, 1000, 5 + i % 40),
+                      "det@64": rng.integers(300, 1000, 5 * (i % 12))}
             for info in infos:
                 if info.kind == "image_tokens":
                     sample[info.name] = np.zeros(info.max_tokens, np.int64)

@@ -258,6 +258,40 @@ def _add_eval_parser(sub) -> None:
 # --- end of open4m eval ------------------------------------------------------------------------------------
 
 
+# --- open4m tokenize: raw world shards -> token shards (open4m.data.pretokenize) ---------------------------
+
+
+def _cmd_tokenize(args: argparse.Namespace) -> int:
+    from open4m.data.pretokenize import pretokenize
+
+    report = pretokenize(args.data, args.out, tokenizers=args.tokenizers, workers=args.workers, device=args.device,
+                         batch_size=args.batch_size, overwrite=args.overwrite, progress=args.progress)
+    rate = f", {report.samples / report.seconds:.1f} scenes/s" if report.samples else ""
+    print(f"tokenized {report.written} shards ({report.samples} scenes) in {report.seconds:.1f} s{rate}; "
+          f"{report.skipped} already done -> {report.out}")
+    return 0
+
+
+def _add_tokenize_parser(sub) -> None:
+    p = sub.add_parser("tokenize", help="pretokenize raw world shards into token shards for training",
+                       description="Turn raw world shards (`open4m world render`) into token shards: per sample "
+                       "rgb@S.png, tok_<m>@S.npy (int16 ids) per image tokenizer of the set, caption@S.txt and "
+                       "det@S.json, plus OUT/manifest.json with the tokenizer hashes. Resumable.")
+    p.add_argument("--data", required=True, help="folder of raw world shards (*.tar)")
+    p.add_argument("--out", required=True, help="output folder for the token shards and manifest.json")
+    p.add_argument("--tokenizers", help="tokenizer set folder (default: the shipped world tokenizers)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, one shard each at a time (default 1)")
+    p.add_argument("--device", default="cpu", help="device of the image tokenizers: cpu or cuda (default cpu)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per tokenizer forward pass (default 64)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="re-tokenize into a folder made with other tokenizers / source, or without a manifest")
+    p.add_argument("--progress", action="store_true", help="show a progress bar over shards")
+    p.set_defaults(func=_cmd_tokenize)
+
+
+# --- end of open4m tokenize --------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="open4m",
@@ -274,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_parser(sub)
     _add_train_parser(sub)
     _add_eval_parser(sub)
+    _add_tokenize_parser(sub)
     return parser
 
 

@@ -92,15 +92,7 @@ class TokenizerSet:
         Raises FileNotFoundError / ValueError naming the folder and what is missing or wrong.
         """
         directory = Path(directory)
-        path = directory / MANIFEST
-        if not path.is_file():
-            raise FileNotFoundError(f"{directory} is not a tokenizer set: no {MANIFEST}")
-        try:
-            manifest = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
-        if not isinstance(manifest, Mapping) or manifest.get("format") != FORMAT:
-            raise ValueError(f"{path}: not an {FORMAT} manifest")
+        manifest = read_manifest(directory)
         wanted = set(only) if only is not None else None
         image = {}
         for name, sub in manifest.get("image", {}).items():
@@ -115,6 +107,28 @@ class TokenizerSet:
         for name in text_modalities:
             modalities.get(name)
         return cls(image, text, text_modalities, dict(manifest.get("sha256", {})))
+
+
+def read_manifest(directory: str | Path) -> dict:
+    """The manifest of the tokenizer set in ``directory``; clear errors when it is missing or malformed."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a tokenizer set: no {MANIFEST}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(manifest, Mapping) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an {FORMAT} manifest")
+    return dict(manifest)
+
+
+def load_text_tokenizer(directory: str | Path) -> TextTokenizer:
+    """Only the text tokenizer of the set in ``directory``; ValueError if the set has none."""
+    manifest = read_manifest(directory)
+    if not manifest.get("text"):
+        raise ValueError(f"the tokenizer set {directory} has no text tokenizer")
+    return TextTokenizer.load(Path(directory) / manifest["text"])
 
 
 def _fingerprints(directory: Path, manifest: Mapping) -> dict[str, str]:

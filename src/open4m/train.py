@@ -90,10 +90,16 @@ def _datasets(entries: list[dict], what: str) -> list[DatasetSpec]:
 
 
 def _load_tokenizer(c: TrainConfig):
+    """``text_tokenizer``: a tokenizer.json file, a tokenizer-set folder, or ``world`` (the shipped world set)."""
     if not c.text_tokenizer:
         return None
     from open4m.text import TextTokenizer
 
+    if c.text_tokenizer == "world" or Path(c.text_tokenizer, "manifest.json").is_file():
+        from open4m.shipped import world_tokenizers_dir
+        from open4m.tokenizer_set import load_text_tokenizer
+
+        return load_text_tokenizer(world_tokenizers_dir() if c.text_tokenizer == "world" else c.text_tokenizer)
     return TextTokenizer.load(c.text_tokenizer)
 
 

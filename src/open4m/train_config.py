@@ -38,7 +38,7 @@ class TrainConfig:
     input_tokens: int | list[int] = 128
     target_tokens: int | list[int] = 128
     fill_empty: list[str] = field(default_factory=list)
-    text_tokenizer: str | None = None
+    text_tokenizer: str | None = None  # tokenizer.json, a tokenizer-set folder, or "world" (shipped)
     shuffle_buffer: int = 256
     workers: int = 0
     # optimisation

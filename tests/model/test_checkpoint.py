@@ -221,3 +221,23 @@ def test_custom_modalities_round_trip(tmp_path):
     head = again.decoder_embeddings["tok_ckpt_test@32"]
     assert head.to_logits.weight is head.token_emb.weight
     assert torch.equal(head.to_logits.weight, model.decoder_embeddings["tok_ckpt_test@32"].to_logits.weight)
+
+
+def test_compact_half_precision_files_are_smaller_and_load_back(tmp_path):
+    import torch
+
+    from open4m.model import FourM, from_pretrained, save_pretrained
+    from open4m.model.config import preset
+
+    config = preset("tiny_gelu", domains_in=["tok_depth@64", "caption@64"], domains_out=["tok_depth@64", "caption@64"],
+                    dim=64, encoder_depth=1, decoder_depth=1, num_heads=2, tie_decoder_embeddings=True)
+    model = FourM(config)
+    save_pretrained(model, tmp_path / "full")
+    save_pretrained(model, tmp_path / "small", dtype=torch.float16, compact=True)
+    sizes = {k: (tmp_path / k / "model.safetensors").stat().st_size for k in ("full", "small")}
+    assert sizes["small"] < 0.4 * sizes["full"]
+    loaded = from_pretrained(tmp_path / "small")
+    buffers = dict(model.named_buffers())
+    for key, value in model.state_dict().items():  # sin-cos tables are recomputed exactly, weights rounded
+        expected = value if key in buffers or not value.is_floating_point() else value.half().float()
+        assert torch.equal(loaded.state_dict()[key].float(), expected.float()), key

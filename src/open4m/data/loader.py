@@ -4,7 +4,8 @@ Shards are WebDataset tars (:func:`open4m.data.shards.write_shard`): per sample 
 member per modality, ``<modality>.npy`` (image tokens ``(N,)`` / ``(h, w)`` or 1-D sequence ids without
 EOS), ``<modality>.txt`` (raw text, tokenised by masking's text tokenizer) or ``<modality>.json``
 (boxes / palette / metadata, turned into text by :func:`open4m.sequences.to_text`). Pixel and embedding
-modalities (inputs only) are float ``.npy`` arrays, ``(C, H, W)`` and ``(L, D)``.
+modalities (inputs only) are float ``.npy`` arrays, ``(C, H, W)`` and ``(L, D)``; a pixel modality may also be
+a uint8 RGB ``.png`` (as :mod:`open4m.data.pretokenize` writes it), normalised by :func:`open4m.pixels.to_model_pixels`.
 
 Determinism and the data position (what a checkpoint stores, what ``--resume`` restores):
 
@@ -44,6 +45,7 @@ from open4m.data.shards import decode_member, iter_shard, list_shards, shard_key
 from open4m.masking import UnifiedMasking
 from open4m.mixtures import MaskingConfig
 from open4m.modalities import get as get_modality
+from open4m.pixels import to_model_pixels
 from open4m.sequences import to_text
 
 POSITION_KEY = "__position__"
@@ -155,7 +157,8 @@ def _iter_remote(url: str) -> Iterator[dict]:
 def decode_sample(raw: Mapping[str, Any], needs: Sequence[str], source: str) -> dict:
     """A raw shard sample → ``{modality: value}`` for the modalities ``needs`` (what masking expects).
 
-    ``.npy`` → int array, ``.txt`` → str, ``.json`` → text via :func:`open4m.sequences.to_text`.
+    ``.npy`` → int array, ``.txt`` → str, ``.json`` → text via :func:`open4m.sequences.to_text`, ``.png`` of a
+    pixels modality (uint8 RGB) → float32 ``(3, H, W)`` via :func:`open4m.pixels.to_model_pixels`.
     Raises ValueError naming the modality when the sample lacks one.
     """
     by_mod: dict[str, tuple[str, Any]] = {}
@@ -172,6 +175,8 @@ def decode_sample(raw: Mapping[str, Any], needs: Sequence[str], source: str) -> 
         kind, value = by_mod[name]
         if kind == "json":
             value = to_text(name, value)
+        elif kind == "png" and get_modality(name).kind == "pixels":
+            value = to_model_pixels(value)
         elif kind == "npy" and get_modality(name).kind in ("pixels", "embeddings"):
             value = np.asarray(value, np.float32)
         elif kind == "npy" and np.asarray(value).dtype.kind not in "iu":

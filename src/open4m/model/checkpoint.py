@@ -170,8 +170,9 @@ def from_pretrained(
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}: nothing to load the weights from")
-    state, _ = read_safetensors(weights)
+    state, metadata = read_safetensors(weights)
     model = FourM(config)
+    state = expand_compact(state, metadata, model, str(weights))
     load_state_dict_strict(model, state, str(weights), strict)
     return model.to(map_location)
 
@@ -194,6 +195,48 @@ def _download(repo_id: str) -> Path:
             "Offline? Download the directory elsewhere and pass its path."
         ) from None
     return Path(path)
+
+
+SHARED_KEY, COMPUTED_KEY = "open4m_shared", "open4m_computed"
+
+
+def shared_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """``{key: first key}`` for every state-dict key whose tensor is shared with an earlier key."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        ptr = tensor.data_ptr()
+        if ptr in first:
+            aliases[key] = first[ptr]
+        else:
+            first[ptr] = key
+    return aliases
+
+
+def computed_buffers(model: FourM) -> list[str]:
+    """State-dict keys of buffers a freshly built model of the same config holds with the same values."""
+    fresh = dict(FourM(model.config).named_buffers())
+    return sorted(key for key, buffer in model.named_buffers()
+                  if key in fresh and fresh[key].shape == buffer.shape and torch.equal(fresh[key], buffer.cpu()))
+
+
+def expand_compact(state: dict[str, torch.Tensor], metadata: dict[str, str], model: FourM,
+                   source: str) -> dict[str, torch.Tensor]:
+    """Restore what a ``compact`` file leaves out: shared keys (``open4m_shared``) and computed buffers
+    (``open4m_computed``, taken from ``model``, freshly built from the same config). Other files unchanged."""
+    try:
+        aliases = json.loads(metadata.get(SHARED_KEY, "{}"))
+        computed = json.loads(metadata.get(COMPUTED_KEY, "[]"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{source}: metadata {SHARED_KEY!r} / {COMPUTED_KEY!r} is not valid JSON: {err}") from None
+    missing = sorted({kept for kept in aliases.values() if kept not in state})
+    if missing:
+        raise ValueError(f"{source}: shared tensors {missing} listed in {SHARED_KEY!r} are not in the file")
+    own = model.state_dict()
+    unknown = sorted(key for key in computed if key not in own)
+    if unknown:
+        raise ValueError(f"{source}: computed buffers {unknown} listed in {COMPUTED_KEY!r} are not in the model")
+    return {**state, **{key: state[kept] for key, kept in aliases.items()}, **{key: own[key] for key in computed}}
 
 
 def state_dict_for_saving(model: FourM, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -220,10 +263,15 @@ def official_config(model: FourM) -> dict:
 
 
 def save_pretrained(model: FourM, directory: str | os.PathLike, overwrite: bool = False,
-                    dtype: torch.dtype | None = None) -> Path:
+                    dtype: torch.dtype | None = None, compact: bool = False) -> Path:
     """Write ``model`` as ``directory/config.json`` + ``directory/model.safetensors``, each atomically.
 
-    Refuses to replace an existing model there unless ``overwrite=True``.
+    ``dtype`` casts floating-point weights (e.g. ``torch.float16`` to ship a model at half the size).
+    ``compact`` stores each shared tensor (tied heads, shared modality embeddings) under one key only and
+    leaves out the buffers the model computes itself (the fixed sin-cos position tables), listing both in the
+    file's ``open4m_shared`` / ``open4m_computed`` metadata, which :func:`from_pretrained` restores; the
+    default stores every key, as the official release files do. Refuses to replace an existing model there
+    unless ``overwrite=True``.
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -234,6 +282,11 @@ def save_pretrained(model: FourM, directory: str | os.PathLike, overwrite: bool 
     config = official_config(model)
     metadata = {key: str(value) for key, value in config.items() if key != "modality_specs"}
     state = state_dict_for_saving(model, dtype)
+    if compact:
+        aliases, computed = shared_aliases(model), computed_buffers(model)
+        state = {k: v for k, v in state.items() if k not in aliases and k not in computed}
+        metadata[SHARED_KEY] = json.dumps(aliases, sort_keys=True)
+        metadata[COMPUTED_KEY] = json.dumps(computed)
     _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
     _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config)))
     return directory

@@ -24,8 +24,9 @@ from torch import nn
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Scaled dot-product attention. q (B, H, N, hd), k/v (B, H, M, hd), bias broadcastable to (B, H, N, M)."""
-    if bias is not None:
-        bias = bias.to(q.dtype)
+    if bias is not None and bias.dtype != q.dtype:
+        # finfo(float32).min rounds to -inf in bf16/fp16; clamp so fully blocked rows stay finite (uniform)
+        bias = bias.clamp(min=torch.finfo(q.dtype).min).to(q.dtype)
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
         scores = torch.matmul(q, k.transpose(-2, -1)) * q.shape[-1] ** -0.5
         if bias is not None:
