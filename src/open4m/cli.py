@@ -223,7 +223,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from open4m.evaluation import format_table
     from open4m.evaluation.run import evaluate_folder
 
-    results = evaluate_folder(args.model, args.data, args.out, tokenizers_dir=args.tokenizers,
+    results = evaluate_folder(args.model, args.data, args.out, tokenizers_dir=args.tokenizers, device=args.device,
                               num_scenes=args.num_scenes, overwrite=args.overwrite, baseline=args.baseline,
                               batch_size=args.batch_size, steps=args.steps, temperature=args.temperature,
                               seed=args.seed, progress=args.progress,
@@ -250,6 +250,7 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=8, help="MaskGIT steps per image target (default 8)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="cpu", help="device of the model and image tokenizers: cpu or cuda")
     p.add_argument("--tasks", help="comma-separated subset, e.g. rgb->depth,caption->rgb (default: all)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(func=_cmd_eval)

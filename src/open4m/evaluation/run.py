@@ -314,9 +314,10 @@ def evaluate_model(
     return evaluator.results(done, settings, time.perf_counter() - start)
 
 
-def load_model_and_tokenizers(model_dir: str | Path, tokenizers_dir: str | Path | None = None):
-    """``(model, tokenizer set)`` from a model folder; the tokenizers default to ``model_dir/tokenizers`` when it
-    holds a set, else the shipped world tokenizers. Clear FileNotFoundError / ValueError for bad folders."""
+def load_model_and_tokenizers(model_dir: str | Path, tokenizers_dir: str | Path | None = None, device: str = "cpu"):
+    """``(model, tokenizer set)`` from a model folder, both on ``device``; the tokenizers default to
+    ``model_dir/tokenizers`` when it holds a set, else the shipped world tokenizers. Clear FileNotFoundError /
+    ValueError for bad folders."""
     from open4m.model import from_pretrained
     from open4m.shipped import world_tokenizers_dir
     from open4m.tokenizer_set import MANIFEST, TokenizerSet
@@ -326,11 +327,14 @@ def load_model_and_tokenizers(model_dir: str | Path, tokenizers_dir: str | Path 
         raise FileNotFoundError(f"model folder {model_dir} does not exist")
     if not model_dir.is_dir():
         raise ValueError(f"{model_dir} is not a folder; expected a model folder (config.json + model.safetensors)")
-    model = from_pretrained(model_dir)
+    model = from_pretrained(model_dir, map_location=device)
     if tokenizers_dir is None:
         tokenizers_dir = model_dir / "tokenizers" if (model_dir / "tokenizers" / MANIFEST).is_file() \
             else world_tokenizers_dir()
-    return model, TokenizerSet.load(tokenizers_dir)
+    tokenizers = TokenizerSet.load(tokenizers_dir)
+    for tokenizer in tokenizers.image.values():
+        tokenizer.model.to(device)
+    return model, tokenizers
 
 
 def evaluate_folder(
@@ -339,6 +343,7 @@ def evaluate_folder(
     out_dir: str | Path,
     *,
     tokenizers_dir: str | Path | None = None,
+    device: str = "cpu",
     num_scenes: int = 1000,
     overwrite: bool = False,
     baseline: str | Path | None = None,
@@ -361,7 +366,7 @@ def evaluate_folder(
                                 "as `open4m world render` writes them)")
     samples = world_shard_samples(data_dir)
     base = load_results(baseline) if baseline is not None else None
-    model, tokenizers = load_model_and_tokenizers(model_dir, tokenizers_dir)
+    model, tokenizers = load_model_and_tokenizers(model_dir, tokenizers_dir, device)
     results = evaluate_model(model, tokenizers, samples, num_scenes, **settings)
     write_report(results, out_dir, baseline=base, overwrite=overwrite)
     return results
