@@ -1,7 +1,6 @@
 """Speed of pretokenization (`open4m tokenize`): scenes/s turning raw world shards into token shards.
 
-Run: ``PYTHONPATH=src python -m benchmarks.pretokenize`` (``--num 500 --workers 1 2`` by default; as a module
-because ``benchmarks/tokenizers.py`` would shadow the ``tokenizers`` package on a script run). Renders
+Run: ``PYTHONPATH=src python benchmarks/pretokenize.py`` (``--num 500 --workers 1 2`` by default). Renders
 ``--num`` train scenes at 64 px into a temporary folder, then tokenizes them with the shipped world tokenizers
 (4 image tokenizers, caption, boxes) once per worker count. Wall-clock rates include starting the workers and
 loading the tokenizers; CPU seconds of this process (the one-worker case) are printed beside them. On a

@@ -160,6 +160,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         settings["scheme"] = args.scheme
     result, path = generate_to_png(args.model, args.conditions, args.to.split(","), args.out,
                                    text_tokenizer_path=args.text_tokenizer, seed=args.seed, overwrite=args.force,
+                                   tokenizers_path=args.tokenizers, allow_unknown_words=args.allow_unknown_words,
                                    **settings)
     for name, value in result.decoded.items():
         if isinstance(value, list) and value and isinstance(value[0], str):
@@ -170,13 +171,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _add_generate_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate modalities from conditions with a 4M model; writes a PNG grid")
-    p.add_argument("--model", required=True, help="model folder (config.json + model.safetensors)")
+    p.add_argument("--model", help="model folder (config.json + model.safetensors); default: the shipped world model")
     p.add_argument("--from", dest="conditions", action="append", default=[], metavar="NAME=VALUE",
-                   help="a condition: caption=\"text\", tok_rgb@224=tokens.npy, tok_rgb@224=photo.png (repeatable)")
+                   help="a condition: caption=\"text\", rgb=scene.png, tok_rgb@224=tokens.npy (repeatable)")
     p.add_argument("--to", required=True,
                    help="comma-separated targets in order (short names like depth work), or 'all'")
-    p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--text-tokenizer", help="text tokenizer json (default: one saved in the model folder)")
+    p.add_argument("--out", help="PNG file to write (default: a new generated.png / generated-N.png here)")
+    p.add_argument("--tokenizers", help="tokenizer set folder (default: MODEL/tokenizers, else the shipped world set)")
+    p.add_argument("--text-tokenizer", help="text tokenizer json (default: one in the model folder, else the set's)")
+    p.add_argument("--allow-unknown-words", action="store_true",
+                   help="accept caption words a closed-vocabulary (world) text tokenizer does not hold")
     p.add_argument("--scheme", choices=["maskgit", "roar"], help="image decoding scheme (default maskgit)")
     p.add_argument("--steps", type=int, default=8, help="decoding steps per image target (default 8)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
@@ -215,6 +219,49 @@ def _add_train_parser(sub) -> None:
 
 
 # --- end of open4m train -------------------------------------------------------------------------------
+
+
+# --- open4m eval: a world model against the world's ground truth (open4m.evaluation) ----------------------
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from open4m.evaluation import format_table
+    from open4m.evaluation.run import evaluate_folder
+
+    results = evaluate_folder(args.model, args.data, args.out, tokenizers_dir=args.tokenizers, device=args.device,
+                              num_scenes=args.num_scenes, overwrite=args.overwrite, baseline=args.baseline,
+                              batch_size=args.batch_size, steps=args.steps, temperature=args.temperature,
+                              seed=args.seed, progress=args.progress,
+                              tasks=args.tasks.split(",") if args.tasks else None)
+    print(format_table(results), end="")
+    print(f"{results['num_scenes']} scenes in {results['seconds']['total']:.1f} s; report in {args.out}")
+    return 0
+
+
+def _add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a world 4M model on held-out world scenes (metrics + tokenizer ceilings)",
+                       description="RGB->depth/normal/semseg/boxes/caption, caption->RGB and depth/semseg->RGB "
+                       "consistency on held-out world scenes, each metric beside its tokenizer ceiling. Writes "
+                       "results.json and metrics.md into --out.")
+    p.add_argument("--model", required=True, help="model folder (config.json + model.safetensors)")
+    p.add_argument("--tokenizers", help="tokenizer set folder (default: MODEL/tokenizers if present, else the "
+                   "shipped world tokenizers)")
+    p.add_argument("--data", required=True, help="folder of held-out world shards (open4m world render --split val)")
+    p.add_argument("--num-scenes", type=int, default=1000, help="scenes to evaluate (default 1000)")
+    p.add_argument("--out", required=True, help="report folder (results.json, metrics.md)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
+    p.add_argument("--baseline", help="results.json (or its folder) of an untrained model: adds a column")
+    p.add_argument("--batch-size", type=int, default=16, help="scenes per generation call (default 16)")
+    p.add_argument("--steps", type=int, default=8, help="MaskGIT steps per image target (default 8)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="cpu", help="device of the model and image tokenizers: cpu or cuda")
+    p.add_argument("--tasks", help="comma-separated subset, e.g. rgb->depth,caption->rgb (default: all)")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.set_defaults(func=_cmd_eval)
+
+
+# --- end of open4m eval ------------------------------------------------------------------------------------
 
 
 # --- open4m tokenize: raw world shards -> token shards (open4m.data.pretokenize) ---------------------------
@@ -303,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_world_parser(sub)
     _add_generate_parser(sub)
     _add_train_parser(sub)
+    _add_eval_parser(sub)
     _add_tokenize_parser(sub)
     _add_quickstart_parser(sub)
     return parser

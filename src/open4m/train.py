@@ -40,7 +40,7 @@ from open4m.data.loader import (
 from open4m.mixtures import MaskingConfig, _register_declared
 from open4m.model import FourM, preset
 from open4m.optim import StepInBackward, adamw
-from open4m.runtime import tune_allocator
+from open4m.runtime import tune_cpu
 from open4m.train_config import TrainConfig
 
 
@@ -255,7 +255,7 @@ def train(c: TrainConfig, resume: bool = False, batches: Iterable[dict] | None =
 
 
 def _train(c: TrainConfig, resume: bool, batches: Iterable[dict] | None, state: distributed.Dist) -> dict:
-    tune_allocator()
+    tune_cpu()
     if c.threads:
         torch.set_num_threads(c.threads)
     log = print if state.is_main else (lambda *a, **k: None)
@@ -336,7 +336,7 @@ def _train(c: TrainConfig, resume: bool, batches: Iterable[dict] | None, state: 
                 with _autocast(c, state.device):
                     loss, mods = model(_to_device(batch, state.device), n_enc, n_dec, c.loss_type)
                 (loss / c.accum_steps).backward()
-            total += loss.detach().double() / c.accum_steps
+            total += loss.detach().double().cpu() / c.accum_steps
             for k, v in mods.items():
                 per_mod[k] = per_mod.get(k, 0.0) + float(v.detach()) / c.accum_steps
         grad_norm = None

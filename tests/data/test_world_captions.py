@@ -1,23 +1,17 @@
-"""Captions are parsed back with the grammar documented in open4m.data.world.captions and checked
-against the scene graph and the rendered instance map: every statement must be true of the image."""
-
-import re
+"""Captions are parsed back with the library's parser (open4m.evaluation.captions, the grammar documented in
+open4m.data.world.captions) and checked against the scene graph and the rendered instance map: every statement
+must be true of the image."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from open4m.data.world import COLORS, MATERIALS, SHAPES, SIZES, render_scene
-from open4m.data.world.captions import NUMBER_WORDS
+from open4m.data.world import COLORS, MATERIALS, SHAPES, SIZES, WorldConfig, render_scene
+from open4m.evaluation.captions import SceneTruth, parse_caption, score_caption
 
-SIZE, COLOR, MATERIAL, SHAPE = ("|".join(v) for v in (SIZES, COLORS, MATERIALS, SHAPES))
-NOUN = rf"(?:({SIZE}) )?(?:({COLOR}) )?(?:({MATERIAL}) )?({SHAPE})(s?)\b"
-NUMBER = "|".join(NUMBER_WORDS)
-RELATION = re.compile(rf"the ((?:(?:{SIZE}|{COLOR}|{MATERIAL}) )*(?:{SHAPE})) is "
-                      r"(left of|to the left of|right of|to the right of|in front of|behind) the "
-                      rf"((?:(?:{SIZE}|{COLOR}|{MATERIAL}) )*(?:{SHAPE}))\b")
-MARGIN = 0.3
+MARGIN = WorldConfig().relation_margin
+RELATION_WORDS = (" left of ", " right of ", " in front of ", " behind ")
 
 
 def camera_frame(scene: dict) -> np.ndarray:
@@ -31,48 +25,19 @@ def camera_frame(scene: dict) -> np.ndarray:
     return np.stack([rel @ right, rel @ up, -(rel @ forward)], axis=-1)
 
 
-def matches(obj: dict, words: str) -> bool:
-    """Whether a noun phrase like 'large red cube' describes obj."""
-    attrs = words.split()
-    return attrs[-1] == obj["shape"] and all(a in (obj["size"], obj["color"], obj["material"]) for a in attrs[:-1])
-
-
 def check_caption(sample: dict) -> dict:
-    caption, scene = sample["caption"].lower(), sample["scene"]
-    visible = [o for k, o in enumerate(scene["objects"], start=1) if (sample["instance"] == k).any()]
-    found = {"relations": 0, "nouns": 0}
-    # every noun phrase describes at least one visible object, with all its attributes
-    for m in re.finditer(NOUN, caption):
-        words = " ".join(w for w in m.groups()[:4] if w)
-        assert any(matches(o, words) for o in visible), f"{words!r} is not visible in: {caption}"
-        found["nouns"] += 1
-    # counts: "<number> objects" and "<number> <shape>s" are exact counts of visible objects
-    for m in re.finditer(rf"\b({NUMBER}) objects?\b", caption):
-        assert NUMBER_WORDS.index(m.group(1)) == len(visible), caption
-    for m in re.finditer(rf"\b({NUMBER}) ({SHAPE})s?\b", caption):
-        assert NUMBER_WORDS.index(m.group(1)) == sum(o["shape"] == m.group(2) for o in visible), caption
-    # relations hold between the unique objects named, in camera space, by the margin
-    centres = camera_frame(scene)
-    index = {id(o): i for i, o in enumerate(scene["objects"])}
-    for m in RELATION.finditer(caption):
-        named = []
-        for words in (m.group(1), m.group(3)):
-            candidates = [o for o in visible if matches(o, words)]
-            assert len(candidates) == 1, f"{words!r} is ambiguous or absent in: {caption}"
-            named.append(centres[index[id(candidates[0])]])
-        a, b = named
-        kind = m.group(2)
-        if "left" in kind:
-            assert a[0] < b[0] - MARGIN, caption
-        elif "right" in kind:
-            assert a[0] > b[0] + MARGIN, caption
-        elif kind == "in front of":
-            assert -a[2] < -b[2] - MARGIN, caption
-        else:
-            assert -a[2] > -b[2] + MARGIN, caption
-        found["relations"] += 1
-    assert caption.count(" is ") >= found["relations"]
-    return found
+    """Every statement of the caption holds for the objects visible in the instance map (relations by the
+    margin, in a camera frame recomputed here); returns how many nouns and relations were checked."""
+    scene = sample["scene"]
+    visible = [k - 1 for k in range(1, len(scene["objects"]) + 1) if (sample["instance"] == k).any()]
+    truth = SceneTruth([scene["objects"][i] for i in visible], camera_frame(scene)[visible])
+    facts = parse_caption(sample["caption"])
+    scores = score_caption(facts, truth, margin=MARGIN)
+    for name, (correct, stated) in scores.items():
+        assert correct == stated, f"{name}: {correct} of {stated} true in: {sample['caption']}"
+    assert facts.count == len(visible), sample["caption"]
+    assert sample["caption"].lower().count(" is ") >= len(facts.relations)
+    return {"relations": len(facts.relations), "nouns": len(facts.mentions)}
 
 
 @pytest.mark.parametrize("block", range(4))
@@ -93,17 +58,16 @@ def test_captions_are_rich_and_varied():
     assert len(set(captions)) == len(captions)
     openings = {c.split()[0] for c in captions}
     assert len(openings) >= 4, "several phrasings"
-    relation_sentences = [s for c in captions for s in c.split(". ") if RELATION.search(s)]
-    assert len(relation_sentences) > 100
+    assert sum(len(parse_caption(c).relations) for c in captions) > 100
 
 
 def test_every_relation_sentence_is_parsed():
-    """Guards the parser above: each sentence with a relation word is matched by RELATION."""
+    """Guards the parser: each sentence with a relation word yields exactly one relation."""
     for seed in range(300, 340):
         caption = render_scene(seed)["caption"].lower()
         for sentence in caption.split(". "):
-            if any(w in sentence for w in (" left of ", " right of ", " in front of ", " behind ")):
-                assert RELATION.search(sentence), sentence
+            if any(w in sentence for w in RELATION_WORDS):
+                assert len(parse_caption(sentence).relations) == 1, sentence
 
 
 @settings(max_examples=25, deadline=None)

@@ -241,3 +241,20 @@ def test_compact_half_precision_files_are_smaller_and_load_back(tmp_path):
     for key, value in model.state_dict().items():  # sin-cos tables are recomputed exactly, weights rounded
         expected = value if key in buffers or not value.is_floating_point() else value.half().float()
         assert torch.equal(loaded.state_dict()[key].float(), expected.float()), key
+
+
+def test_saved_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path):
+    import os
+
+    from open4m.model import FourM, save_pretrained
+    from open4m.model.config import preset
+
+    model = FourM(preset("tiny_gelu", domains_in=["tok_depth@64"], domains_out=["tok_depth@64"], dim=32,
+                         encoder_depth=1, decoder_depth=1, num_heads=1))
+    umask = os.umask(0o022)
+    try:
+        save_pretrained(model, tmp_path / "m")
+    finally:
+        os.umask(umask)
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "m" / name).stat().st_mode & 0o777 == 0o644, name

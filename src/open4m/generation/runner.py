@@ -19,6 +19,7 @@ from open4m.generation.sampler import TargetSpec
 from open4m.pixels import to_model_pixels
 
 TEXT_TOKENIZER_FILES = ("text_tokenizer.json", "tokenizer.json")
+CLOSED_VOCABULARY = 10_000  # text tokenizers smaller than this hold every word of their corpus whole
 
 
 def resolve_name(name: str, available: Sequence[str], role: str = "modality") -> str:
@@ -41,8 +42,10 @@ def parse_condition(spec: str, available: Sequence[str] = ()) -> tuple[str, obje
     name, sep, value = spec.partition("=")
     if not sep or not name:
         raise ValueError(f"--from expects NAME=VALUE (e.g. caption=\"a red cube\"), got {spec!r}")
-    if name not in available and Path(value).suffix.lower() in (".png", ".jpg", ".jpeg") and f"{name}@224" in available:
-        name = f"{name}@224"
+    if name not in available and Path(value).suffix.lower() in (".png", ".jpg", ".jpeg"):
+        pixel_inputs = [a for a in available if a.split("@")[0] == name and modalities.get(a).kind == "pixels"]
+        if len(pixel_inputs) == 1:  # a raw image enters through the pixel input when the model has one
+            name = pixel_inputs[0]
     name = resolve_name(name, available, "condition")
     modalities.get(name)
     suffix = Path(value).suffix.lower()
@@ -56,7 +59,11 @@ def parse_condition(spec: str, available: Sequence[str] = ()) -> tuple[str, obje
         if not Path(value).is_file():
             raise FileNotFoundError(f"{name}: image {value} not found")
         mod = modalities.get(name)
-        with Image.open(value) as image:
+        try:
+            image = Image.open(value)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{name}: {value} is not an image PIL can read ({err})") from None
+        with image:
             image = image.convert("RGB")
             if mod.kind == "pixels":  # the model's own input: resized and ImageNet-normalised (3, H, W)
                 image = image.resize((mod.image_size, mod.image_size), Image.BICUBIC)
@@ -64,6 +71,39 @@ def parse_condition(spec: str, available: Sequence[str] = ()) -> tuple[str, obje
             pixels = np.asarray(image, dtype=np.float32) / 255.0
         return name, pixels
     return name, value
+
+
+def unknown_words(tokenizer, text: str) -> list[str]:
+    """Words of ``text`` a closed-vocabulary tokenizer does not know: anything but one whole-word token or
+    a whole word plus a plural ``##s`` / ``##es`` (the world's tokenizer holds its caption words so)."""
+    out = []
+    for word in text.replace(",", " ").replace(".", " ").split():
+        pieces = [tokenizer.id_to_token(i) for i in tokenizer.encode(word)]
+        plural = len(pieces) == 2 and pieces[1] in ("##s", "##es")
+        if "[UNK]" in pieces or (len(pieces) > 1 and not plural and word.isalpha()):
+            out.append(word)
+    return out
+
+
+def find_tokenizer_set(model_dir: str | os.PathLike, path: str | os.PathLike | None = None):
+    """The tokenizer set at ``path``, else ``model_dir/tokenizers``, else the shipped world set."""
+    from open4m.shipped import world_tokenizers_dir
+    from open4m.tokenizer_set import TokenizerSet
+
+    if path is not None:
+        return TokenizerSet.load(path)
+    if (Path(model_dir) / "tokenizers" / "manifest.json").is_file():
+        return TokenizerSet.load(Path(model_dir) / "tokenizers")
+    return TokenizerSet.load(world_tokenizers_dir())
+
+
+def default_output(stem: str = "generated") -> Path:
+    """``generated.png`` in the working folder, or ``generated-1.png``, ... : never an existing file."""
+    path, k = Path(f"{stem}.png"), 0
+    while path.exists():
+        k += 1
+        path = Path(f"{stem}-{k}.png")
+    return path
 
 
 def find_text_tokenizer(model_dir: str | os.PathLike, path: str | os.PathLike | None = None):
@@ -95,21 +135,40 @@ def resolve_targets(model, names: Sequence[str], given: Sequence[str], **setting
 
 
 def generate_to_png(
-    model_dir: str | os.PathLike, conditions: Sequence[str], targets: Sequence[str], out: str | os.PathLike,
-    text_tokenizer_path: str | os.PathLike | None = None, seed: int | None = 0, overwrite: bool = False,
-    **settings,
+    model_dir: str | os.PathLike | None, conditions: Sequence[str], targets: Sequence[str],
+    out: str | os.PathLike | None = None, text_tokenizer_path: str | os.PathLike | None = None,
+    seed: int | None = 0, overwrite: bool = False, tokenizers_path: str | os.PathLike | None = None,
+    allow_unknown_words: bool = False, **settings,
 ) -> tuple[GenerationResult, Path]:
-    """Load the model in ``model_dir``, generate ``targets`` from ``conditions`` (``name=value`` strings) and
-    write a grid PNG of conditions and outputs to ``out``."""
+    """Load the model in ``model_dir`` (None: the shipped world model), generate ``targets`` from ``conditions``
+    (``name=value`` strings) and write a grid PNG of conditions and outputs to ``out`` (None: a fresh
+    ``generated*.png``). Image tokenizers come from ``tokenizers_path``, else ``model_dir/tokenizers``, else the
+    shipped world set; the text tokenizer from ``text_tokenizer_path``, the model folder or that set.
+    With a small closed-vocabulary text tokenizer (under 10,000 ids, like the world's), a caption word it
+    lacks is an error unless ``allow_unknown_words``."""
     from open4m.model import from_pretrained
+    from open4m.runtime import tune_cpu
+    from open4m.shipped import world_model_dir
     from open4m.viz import save_grid
 
-    out = Path(out)
+    tune_cpu()
+    model_dir = Path(model_dir) if model_dir is not None else world_model_dir()
+    out = Path(out) if out is not None else default_output()
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (use --force to replace it)")
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model folder {model_dir} does not exist")
     model = from_pretrained(model_dir).eval()
     parsed = dict(parse_condition(c, list(model.encoder_embeddings)) for c in conditions)
-    tok = find_text_tokenizer(model_dir, text_tokenizer_path)
+    tokenizers = find_tokenizer_set(model_dir, tokenizers_path)
+    tok = find_text_tokenizer(model_dir, text_tokenizer_path) or tokenizers.text
+    if tok is not None and not allow_unknown_words and tok.vocab_size < CLOSED_VOCABULARY:
+        for name, value in parsed.items():
+            bad = unknown_words(tok, value) if isinstance(value, str) else []
+            if bad:
+                raise ValueError(f"{name}: the model's text tokenizer does not know {bad}; use words from its "
+                                 "captions (e.g. colours, sizes, materials and shape names) or pass "
+                                 "--allow-unknown-words")
     specs = resolve_targets(model, targets, list(parsed), **settings)
-    result = generate(model, parsed, specs, text_tokenizer=tok, seed=seed)
+    result = generate(model, parsed, specs, tokenizers=tokenizers.image, text_tokenizer=tok, seed=seed)
     return result, save_grid(parsed, result, out, overwrite=overwrite)

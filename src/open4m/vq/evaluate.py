@@ -39,24 +39,47 @@ def depth_abs_rel(true: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(np.abs(pred[valid].astype(np.float64) - true[valid]) / true[valid]))
 
 
-def normal_angle_deg(true: np.ndarray, pred: np.ndarray) -> float:
-    """Mean angle in degrees between normals ``(..., 3)`` over pixels where ``true`` is not the zero vector."""
+def normal_angles_deg(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Angles in degrees ``(P,)`` between normals ``(..., 3)`` at the P pixels where ``true`` is not the zero
+    vector (norm > 0.5); a predicted zero vector there counts as 90°."""
     valid = np.linalg.norm(true, axis=-1) > 0.5
-    if not valid.any():
-        return 0.0
     t, p = true[valid].astype(np.float64), pred[valid].astype(np.float64)
     cos = np.sum(t * p, axis=-1) / (np.linalg.norm(t, axis=-1) * np.maximum(np.linalg.norm(p, axis=-1), 1e-12))
-    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).mean())
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def normal_angle_deg(true: np.ndarray, pred: np.ndarray) -> float:
+    """Mean angle in degrees between normals ``(..., 3)`` over pixels where ``true`` is not the zero vector."""
+    angles = normal_angles_deg(true, pred)
+    return float(angles.mean()) if angles.size else 0.0
+
+
+def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixel counts ``(K, K + 1)``: row = true class in ``[0, K)``, column = predicted class; the last column
+    counts predictions outside ``[0, K)`` (a tokenizer with more classes than the labels may emit them).
+    ``true`` and ``pred`` are integer label maps of any equal shape."""
+    t = true.astype(np.int64).ravel()
+    if t.size and (t.min() < 0 or t.max() >= num_classes):
+        raise ValueError(f"semseg: true labels must lie in [0, {num_classes}), got [{t.min()}, {t.max()}]")
+    p = pred.astype(np.int64).ravel()
+    p = np.where((p >= 0) & (p < num_classes), p, num_classes)
+    return np.bincount(t * (num_classes + 1) + p, minlength=num_classes * (num_classes + 1)).reshape(
+        num_classes, num_classes + 1)
+
+
+def mean_iou_from_confusion(confusion: np.ndarray) -> float:
+    """Mean IoU over the classes present in the truth or the prediction of a ``(K, K[+1])`` confusion matrix
+    (rows true, columns predicted; an extra last column = predictions outside the classes); 1.0 if none."""
+    k = confusion.shape[0]
+    inter = np.diag(confusion[:, :k])
+    union = confusion.sum(1) + confusion[:, :k].sum(0) - inter
+    present = union > 0
+    return float(np.mean(inter[present] / union[present])) if present.any() else 1.0
 
 
 def mean_iou(true: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
     """Mean IoU over the classes in ``[0, num_classes)`` present in ``true`` or ``pred``."""
-    idx = true.astype(np.int64).ravel() * num_classes + pred.astype(np.int64).ravel()
-    confusion = np.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
-    inter = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - inter
-    present = union > 0
-    return float(np.mean(inter[present] / union[present])) if present.any() else 1.0
+    return mean_iou_from_confusion(confusion_matrix(true, pred, num_classes))
 
 
 def edge_f1_iou(true: np.ndarray, pred: np.ndarray) -> tuple[float, float]:

@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from open4m.runtime import tune_cpu
 from open4m.vq.adapters import ModalityAdapter
 from open4m.vq.autoencoder import Autoencoder, TokenizerConfig, dataclass_from_dict
 from open4m.vq.losses import reconstruction_loss
@@ -223,6 +224,7 @@ def train_tokenizer(
         raise FileNotFoundError(f"cannot resume: no {CHECKPOINT_FILE} in {out}")
     if not resume and (ckpt_path.exists() or (out / "model.safetensors").exists()):
         raise ValueError(f"{out} already holds a tokenizer run; pass resume (--resume) or choose another output")
+    tune_cpu()
     rank, world, owns_group = _init_distributed()
     if train.batch_size % world:
         raise ValueError(f"batch_size {train.batch_size} is not divisible by the {world} torchrun processes")

@@ -1,15 +1,17 @@
 """Train and evaluate the image tokenizers; print one table row per config.
 
-    PYTHONPATH=src python benchmarks/tokenizers.py --out runs/tokenizers            # all configs, full length
-    PYTHONPATH=src python benchmarks/tokenizers.py --steps 50 --eval-samples 64     # a smoke run
+    open4m world render --out runs/world/train --num 10000 --split train --workers 2
+    open4m world render --out runs/world/val --num 1000 --split val --workers 2
+    PYTHONPATH=src python benchmarks/image_tokenizers.py --out runs/tokenizers            # all configs, full length
+    PYTHONPATH=src python benchmarks/image_tokenizers.py --steps 50 --eval-samples 64     # a smoke run
 
 Columns: the config, quantizer and vocabulary, the modality's headline metric on held-out samples
 (rgb PSNR dB, depth abs-rel, normal mean angle in degrees, semseg mIoU, edge F1) against the
 config's target, the other metrics, codebook usage on the held-out set, training time and steps,
 parameters and the size of model.safetensors. ``rgb`` (VQ) and ``rgb_fsq`` (FSQ) give the side by side.
 
-Training data defaults to the synthetic toy scenes (``--train-data synthetic``, evaluation on
-``synthetic:1``, another seed); pass world data as a folder of ``*.npz`` samples once it exists.
+Training data defaults to the world shards in ``runs/world/train`` and evaluation to ``runs/world/val``
+(render them as above); ``--train-data synthetic --eval-data synthetic:1`` uses numpy toy scenes instead.
 ``--pool N`` materialises the first N training samples in memory (generated in parallel for the
 synthetic scenes) and cycles over them, so data generation does not bound a fast device.
 """
@@ -50,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="*", default=ORDER, help="names in configs/tokenizers (default: all)")
     ap.add_argument("--out", default="runs/tokenizer-bench", help="one subfolder per config; must not exist yet")
-    ap.add_argument("--train-data", default="synthetic")
-    ap.add_argument("--eval-data", default="synthetic:1")
+    ap.add_argument("--train-data", default="runs/world/train", help="world shard folder or synthetic[:SEED]")
+    ap.add_argument("--eval-data", default="runs/world/val", help="held-out world shards or synthetic:SEED")
     ap.add_argument("--eval-samples", type=int, default=1000)
     ap.add_argument("--pool", type=int, default=0, help="materialise this many training samples first (0: stream)")
     ap.add_argument("--workers", type=int, default=2, help="processes generating synthetic samples")

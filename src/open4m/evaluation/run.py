@@ -1,0 +1,375 @@
+"""`evaluate_model`: a world 4M model against the world's ground truth, each metric beside its tokenizer ceiling.
+
+Scenes are taken in batches; per batch every runnable task (:mod:`open4m.evaluation.tasks`) generates its
+target with :func:`open4m.generation.prompt.generate` (MaskGIT for image tokens, autoregressive for
+sequences; temperature 0 = greedy by default), decodes it with the tokenizer set, and adds to pooled
+statistics, so memory does not grow with the number of scenes. Each row's random generator is seeded
+with ``seed + scene index``: results do not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from open4m import modalities, sequences
+from open4m.data.world.config import SEMSEG_CLASSES, SHAPES
+from open4m.evaluation import metrics
+from open4m.evaluation import tasks as task_table
+from open4m.evaluation.captions import parse_caption, scene_truth, score_caption
+from open4m.evaluation.tasks import CAPTION, DEPTH, DET, SEMSEG, TARGETS, TOK_RGB, plan_tasks
+from open4m.generation.prompt import generate
+from open4m.generation.sampler import TargetSpec
+from open4m.pixels import to_model_pixels
+
+FORMAT = "open4m-eval/1"
+COLUMNS = ("model", "ceiling")
+
+
+class _Pool:
+    """Pooled statistics: weighted means per (key, column), confusion matrices, box lists."""
+
+    def __init__(self) -> None:
+        self.sums: dict[tuple[str, str], list[float]] = {}
+        self.confusion: dict[tuple[str, str], np.ndarray] = {}
+        self.boxes: dict[str, tuple[list, list]] = {c: ([], []) for c in COLUMNS}
+
+    def add(self, key: str, column: str, value: float, weight: float = 1.0) -> None:
+        total = self.sums.setdefault((key, column), [0.0, 0.0])
+        total[0] += value * weight
+        total[1] += weight
+
+    def add_counts(self, key: str, column: str, correct: int, stated: int) -> None:
+        total = self.sums.setdefault((key, column), [0.0, 0.0])
+        total[0] += correct
+        total[1] += stated
+
+    def add_confusion(self, key: str, column: str, confusion: np.ndarray) -> None:
+        self.confusion[(key, column)] = self.confusion.get((key, column), 0) + confusion
+
+    def value(self, key: str, column: str) -> float | None:
+        if (key, column) in self.confusion:
+            return metrics.semseg_miou(self.confusion[(key, column)])
+        if key == "rgb->det/map50":
+            predictions, truths = self.boxes[column]
+            return metrics.detection_map(predictions, truths, SHAPES)["map"] if truths else None
+        num, den = self.sums.get((key, column), (0.0, 0.0))
+        return num / den if den > 0 else None
+
+
+class _Evaluator:
+    def __init__(self, model, tokenizers, plan, *, batch_size: int, steps: int, temperature: float, seed: int,
+                 min_class_pixels: int) -> None:
+        self.model, self.tok, self.plan = model, tokenizers, plan
+        self.batch_size, self.steps, self.temperature, self.seed = batch_size, steps, temperature, seed
+        self.min_class_pixels = min_class_pixels
+        self.pool = _Pool()
+        self.seconds = {task: 0.0 for task in plan.tasks}
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, conditions: dict, target: str, seeds: list[int]):
+        """Decoded ``target`` for every row of ``conditions`` (arrays (B, ...) or lists of length B), in chunks
+        of ``batch_size``: an array (B, H, W[, C]) for images, a list for sequences."""
+        spec = TargetSpec(target, steps=self.steps, temperature=self.temperature)
+        out = []
+        for start in range(0, len(seeds), self.batch_size):
+            chunk = {k: v[start : start + self.batch_size] for k, v in conditions.items()}
+            result = generate(self.model, chunk, [spec], tokenizers=self.tok.image, text_tokenizer=self.tok.text,
+                              seed=seeds[start : start + self.batch_size])
+            out.append(result.decoded[target])
+        return np.concatenate(out) if isinstance(out[0], np.ndarray) else [x for part in out for x in part]
+
+    def rgb_condition(self, rgb: np.ndarray) -> dict:
+        """The model's RGB input for uint8 images (B, H, W, 3): normalised pixels or RGB tokens."""
+        if self.plan.rgb_input == TOK_RGB:
+            return {TOK_RGB: self.tok.image[TOK_RGB].encode(rgb)}
+        return {self.plan.rgb_input: to_model_pixels(rgb)}
+
+    def text_roundtrip(self, name: str, text: str) -> str:
+        ids = self.tok.text.encode(text)[: _max_tokens(name) - 1]
+        return self.tok.text.decode(ids)
+
+    def caption_ids(self, caption: str) -> list[int]:
+        return self.tok.text.encode(caption)[: _max_tokens(CAPTION) - 1]
+
+    # ------------------------------------------------------------------ one batch
+    def add_batch(self, samples: list[dict], first_index: int) -> None:
+        seeds = [self.seed + first_index + i for i in range(len(samples))]
+        truth = {k: np.stack([s[k] for s in samples]) for k in ("rgb", "depth", "normal", "semseg")}
+        rgb_in = self.rgb_condition(truth["rgb"])
+        tasks = self.plan.tasks
+        from_rgb = {"rgb->depth": self._depth, "rgb->normal": self._normal, "rgb->semseg": self._semseg,
+                    "rgb->det": self._det, "rgb->caption": self._caption}
+        for task in (t for t in tasks if t in from_rgb):
+            start = time.perf_counter()
+            from_rgb[task](samples, truth, rgb_in, seeds)
+            self.seconds[task] += time.perf_counter() - start
+        to_rgb = [t for t in tasks if t not in TARGETS]
+        if to_rgb:
+            self._to_rgb(to_rgb, samples, truth, seeds)
+
+    def _image_task(self, task: str, kind: str, truth: dict, rgb_in: dict, seeds: list[int]):
+        name = TARGETS[task]
+        pred = self.generate(rgb_in, name, seeds)
+        ceiling = self.tok.image[name].reconstruct(truth[kind])
+        return pred, ceiling
+
+    def _depth(self, samples, truth, rgb_in, seeds) -> None:
+        for column, pred in zip(COLUMNS, self._image_task("rgb->depth", "depth", truth, rgb_in, seeds), strict=True):
+            self._add_depth("rgb->depth", column, truth["depth"], pred)
+
+    def _normal(self, samples, truth, rgb_in, seeds) -> None:
+        for column, pred in zip(COLUMNS, self._image_task("rgb->normal", "normal", truth, rgb_in, seeds), strict=True):
+            m = metrics.normal_metrics(truth["normal"], pred)
+            for name in ("angle_deg", "within_11_25"):
+                self.pool.add(f"rgb->normal/{name}", column, m[name], m["pixels"])
+
+    def _semseg(self, samples, truth, rgb_in, seeds) -> None:
+        for column, pred in zip(COLUMNS, self._image_task("rgb->semseg", "semseg", truth, rgb_in, seeds), strict=True):
+            self.pool.add_confusion("rgb->semseg/miou", column, metrics.semseg_confusion(truth["semseg"], pred))
+
+    def _det(self, samples, truth, rgb_in, seeds) -> None:
+        predicted = self.generate(rgb_in, DET, seeds)
+        for s, boxes in zip(samples, predicted, strict=True):
+            true_boxes = [{"box": d["box"], "class": d["class"]} for d in s["det"]]
+            text = self.text_roundtrip(DET, sequences.boxes_to_text(true_boxes))
+            roundtrip, _ = sequences.text_to_boxes(text, SHAPES)
+            for column, pred in zip(COLUMNS, (_boxes(boxes), roundtrip), strict=True):
+                self.pool.boxes[column][0].append(pred)
+                self.pool.boxes[column][1].append(true_boxes)
+
+    def _caption(self, samples, truth, rgb_in, seeds) -> None:
+        captions = self.generate(rgb_in, CAPTION, seeds)
+        for s, caption in zip(samples, captions, strict=True):
+            scene = scene_truth(s)
+            for column, text in zip(COLUMNS, (caption, self.text_roundtrip(CAPTION, s["caption"])), strict=True):
+                for name, (correct, stated) in score_caption(parse_caption(text), scene).items():
+                    self.pool.add_counts(f"rgb->caption/{name}", column, correct, stated)
+
+    def _add_depth(self, task: str, column: str, true: np.ndarray, pred: np.ndarray) -> None:
+        m = metrics.depth_metrics(true, pred)
+        for name in ("abs_rel", "delta1"):
+            self.pool.add(f"{task}/{name}", column, m[name], m["pixels"])
+
+    # ------------------------------------------------------------------ X -> RGB, judged by the model
+    def _to_rgb(self, tasks: list[str], samples: list[dict], truth: dict, seeds: list[int]) -> None:
+        images: dict[str, np.ndarray] = {}
+        for task in tasks:
+            start = time.perf_counter()
+            if task == "caption->rgb":
+                conditions = {CAPTION: [self.caption_ids(s["caption"]) for s in samples]}
+            else:
+                kind = task.split("->")[0]
+                name = f"tok_{kind}@64"
+                conditions = {name: self.tok.image[name].encode(truth[kind])}
+            images[task] = self.generate(conditions, TOK_RGB, seeds)
+            self.seconds[task] += time.perf_counter() - start
+        images["ceiling"] = self.tok.image[TOK_RGB].reconstruct(truth["rgb"])
+        jobs = {DEPTH: ["depth->rgb"], SEMSEG: ["caption->rgb", "semseg->rgb"], DET: ["caption->rgb"]}
+        judged: dict[tuple[str, str], object] = {}
+        for judge, users in jobs.items():
+            users = [t for t in users if t in tasks]
+            if not users or judge not in self.plan.outputs:
+                continue
+            start = time.perf_counter()
+            keys = [*users, "ceiling"]
+            stacked = np.concatenate([images[k] for k in keys])
+            out = self.generate(self.rgb_condition(stacked), judge, seeds * len(keys))
+            n = len(samples)
+            for i, k in enumerate(keys):
+                judged[(judge, k)] = out[i * n : (i + 1) * n]
+            elapsed = (time.perf_counter() - start) / len(users)
+            for t in users:
+                self.seconds[t] += elapsed
+        for task in tasks:
+            for column, source in zip(COLUMNS, (task, "ceiling"), strict=True):
+                self._judge_metrics(task, column, samples, truth, {j: judged.get((j, source)) for j in jobs})
+
+    def _judge_metrics(self, task: str, column: str, samples, truth, judged: dict) -> None:
+        if task == "depth->rgb":
+            self._add_depth(task, column, truth["depth"], judged[DEPTH])
+        elif task == "semseg->rgb":
+            self.pool.add_confusion(f"{task}/miou", column, metrics.semseg_confusion(truth["semseg"], judged[SEMSEG]))
+        else:
+            for i, s in enumerate(samples):
+                facts = parse_caption(s["caption"])
+                if judged[DET] is not None:
+                    boxes = _boxes(judged[DET][i])
+                    self.pool.add(f"{task}/class_agreement", column,
+                                  metrics.jaccard({b["class"] for b in boxes}, facts.shapes))
+                    self.pool.add(f"{task}/count_acc", column, float(len(boxes) == facts.count))
+                if judged[SEMSEG] is not None:
+                    pred = judged[SEMSEG][i]
+                    found = {SEMSEG_CLASSES[c] for c in range(2, len(SEMSEG_CLASSES))
+                             if (pred == c).sum() >= self.min_class_pixels}
+                    visible = {d["class"] for d in s["det"]}
+                    self.pool.add(f"{task}/scene_class_agreement", column, metrics.jaccard(found, visible))
+                    self.pool.add(f"{task}/scene_layout_agreement", column, metrics.histogram_agreement(
+                        metrics.class_fractions(truth["semseg"][i]), metrics.class_fractions(pred)))
+
+    # ------------------------------------------------------------------ results
+    def results(self, num_scenes: int, settings: dict, seconds: float) -> dict:
+        rows, skipped = [], dict(self.plan.skipped)
+        for m in task_table.METRICS:
+            if m.task not in self.plan.tasks:
+                continue
+            judge = task_table.CAPTION_RGB_JUDGE.get(m.name) if m.task == "caption->rgb" else None
+            if judge is not None and judge not in self.plan.outputs:
+                skipped[m.key] = f"its judge needs RGB->{judge}, which the model cannot generate"
+                continue
+            values = {c: self.pool.value(m.key, c) for c in COLUMNS}
+            rows.append({"task": m.task, "metric": m.name, **values, "higher_is_better": m.higher_is_better,
+                         "description": m.description})
+        return {
+            "format": FORMAT,
+            "num_scenes": num_scenes,
+            "settings": settings,
+            "model": {"domains_in": list(self.model.encoder_embeddings),
+                      "domains_out": list(self.model.decoder_embeddings), "rgb_input": self.plan.rgb_input},
+            "tokenizers": dict(getattr(self.tok, "sha256", {})),
+            "metrics": rows,
+            "skipped": skipped,
+            "seconds": {"total": seconds, **self.seconds},
+        }
+
+
+def _boxes(value) -> list[dict]:
+    """Generated det as a box list (an unparsable string decodes to no boxes)."""
+    return [b for b in value if isinstance(b, dict)] if isinstance(value, list) else []
+
+
+def _max_tokens(name: str) -> int:
+    return modalities.get(name).max_tokens
+
+
+def evaluate_model(
+    model,
+    tokenizers,
+    samples: Iterable[dict],
+    num_scenes: int = 32,
+    batch_size: int = 16,
+    *,
+    steps: int = 8,
+    temperature: float = 0.0,
+    seed: int = 0,
+    tasks: list[str] | None = None,
+    min_class_pixels: int = 4,
+    progress: bool = False,
+) -> dict:
+    """Evaluate a world 4M ``model`` on the first ``num_scenes`` raw world ``samples``.
+
+    Args:
+        model: an :class:`open4m.model.FourM` with world modalities (``rgb@64`` / ``tok_*@64`` / ``caption@64``
+            / ``det@64``); tasks it cannot run are skipped and listed in ``results["skipped"]``.
+        tokenizers: the :class:`open4m.tokenizer_set.TokenizerSet` its tokens come from.
+        samples: world sample dicts (:mod:`open4m.data.world.sample` contract), e.g.
+            :func:`open4m.vq.samples.world_shard_samples` of held-out shards.
+        num_scenes: how many scenes to use (fewer when ``samples`` runs out first).
+        batch_size: scenes per generation call.
+        steps, temperature: MaskGIT steps per image target; sampling temperature (0 = greedy) for every target.
+        seed: row i of the set samples with generator seed ``seed + i``.
+        tasks: a subset of :data:`open4m.evaluation.tasks.TASKS` (default all).
+        min_class_pixels: caption->rgb counts a shape class as present in a judged semseg map from this many pixels.
+        progress: show a tqdm bar over scenes.
+
+    Returns:
+        ``{"format", "num_scenes", "settings", "model", "tokenizers", "metrics": [{"task", "metric", "model",
+        "ceiling", "higher_is_better", "description"}, ...], "skipped": {task: reason}, "seconds": {...}}``;
+        a metric with nothing to measure (e.g. no caption stated a colour) is None.
+
+    Raises ValueError when no task can run or there are no samples.
+    """
+    if num_scenes < 1 or batch_size < 1 or steps < 1:
+        raise ValueError(f"num_scenes, batch_size and steps must be >= 1, got {num_scenes}, {batch_size}, {steps}")
+    plan = plan_tasks(model, tokenizers, tasks)
+    settings = {"batch_size": batch_size, "steps": steps, "temperature": temperature, "seed": seed,
+                "min_class_pixels": min_class_pixels}
+    evaluator = _Evaluator(model, tokenizers, plan, batch_size=batch_size, steps=steps, temperature=temperature,
+                           seed=seed, min_class_pixels=min_class_pixels)
+    was_training = model.training
+    model.eval()
+    start, done = time.perf_counter(), 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=num_scenes, desc="eval", unit="scene")
+    try:
+        stream = iter(itertools.islice(samples, num_scenes))
+        while batch := list(itertools.islice(stream, batch_size)):
+            evaluator.add_batch(batch, done)
+            done += len(batch)
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        model.train(was_training)
+        if bar is not None:
+            bar.close()
+    if done == 0:
+        raise ValueError("no samples to evaluate on")
+    return evaluator.results(done, settings, time.perf_counter() - start)
+
+
+def load_model_and_tokenizers(model_dir: str | Path, tokenizers_dir: str | Path | None = None, device: str = "cpu"):
+    """``(model, tokenizer set)`` from a model folder, both on ``device``; the tokenizers default to
+    ``model_dir/tokenizers`` when it holds a set, else the shipped world tokenizers. Clear FileNotFoundError /
+    ValueError for bad folders."""
+    from open4m.model import from_pretrained
+    from open4m.shipped import world_tokenizers_dir
+    from open4m.tokenizer_set import MANIFEST, TokenizerSet
+
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise FileNotFoundError(f"model folder {model_dir} does not exist")
+    if not model_dir.is_dir():
+        raise ValueError(f"{model_dir} is not a folder; expected a model folder (config.json + model.safetensors)")
+    model = from_pretrained(model_dir, map_location=device)
+    if tokenizers_dir is None:
+        tokenizers_dir = model_dir / "tokenizers" if (model_dir / "tokenizers" / MANIFEST).is_file() \
+            else world_tokenizers_dir()
+    tokenizers = TokenizerSet.load(tokenizers_dir)
+    for tokenizer in tokenizers.image.values():
+        tokenizer.model.to(device)
+    return model, tokenizers
+
+
+def evaluate_folder(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    tokenizers_dir: str | Path | None = None,
+    device: str = "cpu",
+    num_scenes: int = 1000,
+    overwrite: bool = False,
+    baseline: str | Path | None = None,
+    **settings,
+) -> dict:
+    """``open4m eval``: load the model (:func:`load_model_and_tokenizers`), evaluate it on the world shards in
+    ``data_dir`` (:func:`evaluate_model`, ``settings`` passed on) and write the report to ``out_dir``
+    (:func:`open4m.evaluation.report.write_report`; ``baseline``: an earlier ``results.json`` of an untrained
+    model for the table's last column). Everything is checked before the model runs. Returns the results."""
+    from open4m.evaluation.report import RESULTS_FILE, TABLE_FILE, load_results, write_report
+    from open4m.vq.samples import world_shard_samples
+
+    out_dir = Path(out_dir)
+    existing = [name for name in (RESULTS_FILE, TABLE_FILE) if (out_dir / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds an evaluation report ({', '.join(existing)}); "
+                              "pass --overwrite to replace it")
+    if not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"data folder {data_dir} does not exist (expected world shards, *.tar, "
+                                "as `open4m world render` writes them)")
+    samples = world_shard_samples(data_dir)
+    base = load_results(baseline) if baseline is not None else None
+    model, tokenizers = load_model_and_tokenizers(model_dir, tokenizers_dir, device)
+    results = evaluate_model(model, tokenizers, samples, num_scenes, **settings)
+    write_report(results, out_dir, baseline=base, overwrite=overwrite)
+    return results
+
+
+__all__ = ["FORMAT", "evaluate_folder", "evaluate_model", "load_model_and_tokenizers"]

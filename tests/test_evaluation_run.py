@@ -1,0 +1,246 @@
+"""The evaluation runner end to end: wiring (an oracle scores exactly the tokenizer ceiling), a tiny random model
+on rendered scenes, task planning, the report writer and the `open4m eval` command."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from open4m import cli, sequences
+from open4m.data.shards import list_shards
+from open4m.data.world import SHAPES, iter_world_samples, write_world
+from open4m.evaluation import evaluate_model, format_table, load_results, not_better_than, write_report
+from open4m.evaluation import run as run_module
+from open4m.evaluation.tasks import METRICS, TASKS, plan_tasks
+from open4m.generation.prompt import GenerationResult
+from open4m.model import FourM, preset, save_pretrained
+from open4m.pixels import to_model_pixels
+from open4m.shipped import world_tokenizers_dir
+from open4m.tokenizer_set import TokenizerSet
+
+DOMAINS_IN = ["rgb@64", "tok_rgb@64", "tok_depth@64", "tok_normal@64", "tok_semseg@64", "caption@64", "det@64"]
+DOMAINS_OUT = DOMAINS_IN[1:]
+
+
+def tiny_model(domains_in=DOMAINS_IN, domains_out=DOMAINS_OUT) -> FourM:
+    torch.manual_seed(0)
+    return FourM(preset("tiny_gelu", domains_in, domains_out, dim=32, encoder_depth=1, decoder_depth=1,
+                        num_heads=2)).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    return TokenizerSet.load(world_tokenizers_dir())
+
+
+@pytest.fixture(scope="module")
+def val_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world-val")
+    write_world(out, 4, split="val")
+    return out
+
+
+@pytest.fixture(scope="module")
+def samples(val_dir):
+    return list(iter_world_samples(list_shards(val_dir)))
+
+
+# ------------------------------------------------------------------ wiring: an oracle reaches the ceiling
+class Oracle:
+    """Stands in for `generate`: finds the scene each condition row comes from and returns the ground truth
+    through its tokenizer, which is what the ceiling measures."""
+
+    def __init__(self, samples, tokenizers):
+        self.samples, self.tok = samples, tokenizers
+        rgb = np.stack([s["rgb"] for s in samples])
+        self.pixels = np.concatenate([to_model_pixels(rgb), to_model_pixels(tokenizers.image["tok_rgb@64"]
+                                                                             .reconstruct(rgb))])
+        self.tokens = {name: tok.encode(np.stack([s[name.split("@")[0][4:]] for s in samples]))
+                       for name, tok in tokenizers.image.items()}
+        self.truths = {name: tok.reconstruct(np.stack([s[name.split("@")[0][4:]] for s in samples]))
+                       for name, tok in tokenizers.image.items()}
+        self.calls = []
+
+    def scene_of(self, name, row) -> int:
+        if name == "rgb@64":
+            return int(np.argmin(np.abs(self.pixels - np.asarray(row)[None]).mean(axis=(1, 2, 3)))) % len(self.samples)
+        if name == "caption@64":
+            return next(i for i, s in enumerate(self.samples) if self.tok.text.encode(s["caption"]) == list(row))
+        return next(i for i, tokens in enumerate(self.tokens[name]) if np.array_equal(tokens, np.asarray(row)))
+
+    def truth(self, target, i):
+        s, text = self.samples[i], self.tok.text
+        if target == "caption@64":
+            return text.decode(text.encode(s["caption"]))
+        if target == "det@64":
+            boxes = [{"box": d["box"], "class": d["class"]} for d in s["det"]]
+            return sequences.text_to_boxes(text.decode(text.encode(sequences.boxes_to_text(boxes))), SHAPES)[0]
+        return self.truths[target][i]
+
+    def __call__(self, model, conditions, targets, *, tokenizers, text_tokenizer, seed):
+        (name, rows), = conditions.items()
+        target = targets[0].name
+        self.calls.append((name, target, len(rows)))
+        out = [self.truth(target, self.scene_of(name, row)) for row in rows]
+        return GenerationResult({}, {target: out if target in ("caption@64", "det@64") else np.stack(out)})
+
+
+@pytest.fixture(scope="module")
+def oracle_run(samples, tokenizers):
+    oracle = Oracle(samples, tokenizers)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_module, "generate", oracle)
+        results = evaluate_model(tiny_model(), tokenizers, samples, num_scenes=4, batch_size=3)
+    return results, oracle
+
+
+def test_an_oracle_scores_exactly_the_tokenizer_ceiling(oracle_run):
+    results, oracle = oracle_run
+    assert [(r["task"], r["metric"]) for r in results["metrics"]] == [(m.task, m.name) for m in METRICS]
+    for row in results["metrics"]:
+        assert row["model"] == pytest.approx(row["ceiling"], rel=1e-6, abs=1e-9), row
+    # chunked by batch_size: 4 scenes -> rows of 3 and 1, the judges' stacked images too
+    assert max(n for _, _, n in oracle.calls) == 3
+    assert results["num_scenes"] == 4 and not results["skipped"]
+
+
+def test_ceilings_are_near_the_tokenizers_quality(oracle_run):
+    rows = {f"{r['task']}/{r['metric']}": r["ceiling"] for r in oracle_run[0]["metrics"]}
+    assert rows["rgb->depth/delta1"] > 0.95 and rows["rgb->depth/abs_rel"] < 0.03
+    assert rows["rgb->normal/angle_deg"] < 4
+    assert rows["rgb->semseg/miou"] > 0.9
+    assert rows["rgb->det/map50"] > 0.95
+    for name in ("count_acc", "color_acc", "shape_acc", "relation_acc", "object_recall"):
+        assert rows[f"rgb->caption/{name}"] == 1.0
+    assert rows["caption->rgb/class_agreement"] == 1.0  # the oracle judge sees the true shapes
+    assert rows["caption->rgb/count_acc"] == 1.0
+
+
+# ------------------------------------------------------------------ a real tiny model
+def test_tiny_random_model_end_to_end(samples, tokenizers):
+    results = evaluate_model(tiny_model(), tokenizers, iter(samples), num_scenes=2, batch_size=2, steps=2)
+    assert results["num_scenes"] == 2 and not results["skipped"]
+    rows = {f"{r['task']}/{r['metric']}": r for r in results["metrics"]}
+    assert set(rows) == {m.key for m in METRICS}
+    assert rows["rgb->depth/delta1"]["ceiling"] > 0.95
+    assert rows["rgb->depth/delta1"]["model"] < rows["rgb->depth/delta1"]["ceiling"]  # untrained
+    assert rows["rgb->semseg/miou"]["model"] < 0.5 < rows["rgb->semseg/miou"]["ceiling"]
+    for row in results["metrics"]:
+        for column in ("model", "ceiling"):
+            value = row[column]
+            assert value is None or (value >= 0 and (row["metric"] in ("abs_rel", "angle_deg") or value <= 1)), row
+    assert set(results["seconds"]) == {"total", *TASKS}
+    json.dumps(results)  # JSON-ready
+
+
+# ------------------------------------------------------------------ planning
+def test_a_model_lacking_modalities_skips_tasks_with_reasons(tokenizers):
+    plan = plan_tasks(tiny_model(["rgb@64"], ["tok_depth@64", "tok_semseg@64"]), tokenizers)
+    assert plan.tasks == ["rgb->depth", "rgb->semseg"]
+    assert "does not generate tok_normal@64" in plan.skipped["rgb->normal"]
+    assert "does not take caption@64" in plan.skipped["caption->rgb"]
+    assert "does not generate tok_rgb@64" in plan.skipped["depth->rgb"]
+    tokens_only = plan_tasks(tiny_model(["tok_rgb@64"], ["tok_depth@64"]), tokenizers, ["rgb->depth"])
+    assert tokens_only.rgb_input == "tok_rgb@64"
+
+
+def test_nothing_to_evaluate_and_unknown_tasks_are_errors(tokenizers):
+    with pytest.raises(ValueError, match="nothing to evaluate.*no RGB input"):
+        plan_tasks(tiny_model(["caption@64"], ["det@64"]), tokenizers)
+    with pytest.raises(ValueError, match="unknown evaluation task"):
+        plan_tasks(tiny_model(), tokenizers, ["rgb->edges"])
+    no_text = TokenizerSet(image=dict(tokenizers.image))
+    plan = plan_tasks(tiny_model(), no_text)
+    assert "no tokenizer for caption@64" in plan.skipped["rgb->caption"]
+    with pytest.raises(ValueError, match="no samples"):
+        evaluate_model(tiny_model(), tokenizers, [], tasks=["rgb->depth"])
+
+
+def test_caption_to_rgb_without_a_det_head_keeps_the_semseg_metrics(samples, tokenizers, monkeypatch):
+    monkeypatch.setattr(run_module, "generate", Oracle(samples, tokenizers))
+    model = tiny_model(DOMAINS_IN, ["tok_rgb@64", "tok_semseg@64"])
+    results = evaluate_model(model, tokenizers, samples, num_scenes=2, tasks=["caption->rgb"])
+    assert [r["metric"] for r in results["metrics"]] == ["scene_class_agreement", "scene_layout_agreement"]
+    assert "det@64" in results["skipped"]["caption->rgb/class_agreement"]
+
+
+# ------------------------------------------------------------------ report
+def fake_results(value, skipped=None):
+    return {"num_scenes": 2, "settings": {"steps": 2, "temperature": 0.0, "seed": 0},
+            "model": {"rgb_input": "rgb@64"}, "seconds": {"total": 1.0}, "skipped": skipped or {},
+            "metrics": [{"task": "rgb->depth", "metric": "abs_rel", "model": value, "ceiling": 0.01,
+                         "higher_is_better": False, "description": "d"},
+                        {"task": "rgb->semseg", "metric": "miou", "model": 1 - value, "ceiling": 0.99,
+                         "higher_is_better": True, "description": "m"}]}
+
+
+def test_report_files_table_and_overwrite_refusal(tmp_path):
+    results, baseline = fake_results(0.1, {"rgb->det": "the model does not generate det@64"}), fake_results(0.5)
+    out = write_report(results, tmp_path / "report", baseline=baseline)
+    table = (out / "metrics.md").read_text()
+    assert "| rgb → depth | abs_rel ↓ | 0.100 | 0.010 | 0.500 |" in table
+    assert "Skipped rgb->det: the model does not generate det@64" in table
+    assert load_results(out)["metrics"] == results["metrics"]
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_report(fake_results(0.3), out)
+    assert load_results(out)["metrics"][0]["model"] == 0.1  # untouched
+    write_report(fake_results(0.3), out, overwrite=True)
+    assert load_results(out)["metrics"][0]["model"] == 0.3
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left
+    assert "untrained" not in format_table(results)
+
+
+def test_not_better_than_is_direction_aware():
+    assert not_better_than(fake_results(0.1), fake_results(0.5)) == []
+    assert not_better_than(fake_results(0.5), fake_results(0.1)) == ["rgb->depth/abs_rel", "rgb->semseg/miou"]
+    missing = fake_results(0.1)
+    missing["metrics"][0]["model"] = None
+    assert not_better_than(missing, fake_results(0.5)) == ["rgb->depth/abs_rel"]
+    no_baseline_value = fake_results(0.5)
+    no_baseline_value["metrics"][1]["model"] = None
+    assert not_better_than(fake_results(0.1), no_baseline_value) == []
+
+
+# ------------------------------------------------------------------ the command
+def run_cli(args, capsys):
+    code = cli.main(["eval", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_cli_evaluates_a_saved_model_and_refuses_to_overwrite(tmp_path, val_dir, capsys):
+    model_dir = save_pretrained(tiny_model(), tmp_path / "model")
+    args = ["--model", model_dir, "--data", val_dir, "--num-scenes", 2, "--out", tmp_path / "eval", "--steps", 1,
+            "--tasks", "rgb->depth,depth->rgb"]
+    code, out = run_cli(args, capsys)
+    assert code == 0, out
+    assert "| rgb → depth | delta1 ↑ |" in out and "2 scenes" in out
+    results = load_results(tmp_path / "eval")
+    assert [r["task"] for r in results["metrics"]] == ["rgb->depth", "rgb->depth", "depth->rgb", "depth->rgb"]
+    code, out = run_cli(args, capsys)
+    assert code == 2 and "already holds an evaluation report" in out and "--overwrite" in out
+    code, out = run_cli([*args, "--overwrite", "--baseline", tmp_path / "eval"], capsys)
+    assert code == 0, out
+    assert "untrained" in (tmp_path / "eval" / "metrics.md").read_text()
+
+
+def test_cli_errors_are_clear(tmp_path, val_dir, capsys):
+    code, out = run_cli(["--model", tmp_path / "nope", "--data", val_dir, "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "model folder" in out and "does not exist" in out
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text("{not json")
+    code, out = run_cli(["--model", corrupt, "--data", val_dir, "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "not valid JSON" in out
+    model_dir = save_pretrained(tiny_model(), tmp_path / "model")
+    (model_dir / "model.safetensors").write_bytes(b"truncated")
+    code, out = run_cli(["--model", model_dir, "--data", val_dir, "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "safetensors" in out
+    code, out = run_cli(["--model", model_dir, "--data", tmp_path / "nodata", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "data folder" in out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out = run_cli(["--model", model_dir, "--data", empty, "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "no world shards" in out
+    assert not (tmp_path / "o").exists()
