@@ -10,7 +10,7 @@ Stages, in order (each reuses what an earlier run of the same folder finished):
    leaves (:mod:`open4m.quickstart_plan`), checkpoints and ``loss.png`` in ``OUT/train`` (:func:`open4m.train.train`;
    an interrupted run resumes from its last checkpoint);
 5. ``export``: ``OUT/model``: config.json + model.safetensors (float16, tied heads once) and the tokenizer set in
-   ``OUT/model/tokenizers`` (+ ``text_tokenizer.json``), so ``open4m generate --model OUT/model`` works;
+   ``OUT/model/tokenizers``, so ``open4m generate --model OUT/model`` works;
 6. ``evaluate``: the exported model and the untrained initial model (same seed, same scenes) on held-out scenes,
    ``OUT/eval/{model,untrained}`` (:mod:`open4m.evaluation`);
 7. ``samples``: ``OUT/samples_rgb_to_all.png`` and ``OUT/samples_caption_to_all.png``;
@@ -297,7 +297,6 @@ class Quickstart:
 
         from open4m import train_state
         from open4m.model import from_pretrained, save_pretrained
-        from open4m.tokenizer_set import read_manifest
 
         checkpoint = train_state.latest_checkpoint(self.out / "train")
         if checkpoint is None:
@@ -310,11 +309,6 @@ class Quickstart:
         shutil.copytree(self.tokenizer_dir, tmp)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
-        text = read_manifest(target).get("text")
-        if text:  # `open4m generate --model OUT/model` finds the text tokenizer beside the weights
-            tmp_text = self.model_dir / ".text_tokenizer.json.tmp"
-            shutil.copyfile(target / text, tmp_text)
-            os.replace(tmp_text, self.model_dir / "text_tokenizer.json")
         params = sum(p.numel() for p in model.parameters())
         size = sum(f.stat().st_size for f in self.model_dir.rglob("*") if f.is_file())
         return {"parameters": params, "bytes": size}
