@@ -42,7 +42,7 @@ STATE_FILE = "stages.json"
 STAGES = ("world", "tokenizers", "tokenize", "train", "export", "evaluate", "samples", "report")
 OWN_ENTRIES = ("data", "tokenizers", "train", "calibrate", "model", "eval", "report.md", "loss.png",
                "samples_rgb_to_all.png", "samples_caption_to_all.png", STATE_FILE)
-CALIBRATION_STEPS = 6
+CALIBRATION_STEPS = 8
 TOKENIZER_CONFIGS = {"rgb": "rgb_fsq.yaml", "depth": "depth.yaml", "normal": "normal.yaml", "semseg": "semseg.yaml"}
 
 
@@ -278,8 +278,7 @@ class Quickstart:
         wall = time.perf_counter() - start
         records = [json.loads(line) for line in (calibrate / "metrics.jsonl").read_text().splitlines()]
         tokens = s.batch_size * 256
-        per_step = [tokens / r["tokens_per_s"] for r in records[2:]]  # the first steps warm up
-        seconds_per_step = statistics.median(per_step)
+        seconds_per_step = statistics.median(tokens / r["tokens_per_s"] for r in records[2:])  # after warm-up
         startup = max(0.0, wall - sum(tokens / r["tokens_per_s"] for r in records))
         shutil.rmtree(calibrate, ignore_errors=True)
         estimate = self.state["estimate"]

@@ -26,7 +26,7 @@ MIN_STEPS = 20
 # replaces the training and evaluation priors by a calibration on the machine at hand).
 PRIOR_RENDER_S_PER_SCENE = 0.01
 PRIOR_TOKENIZE_S_PER_SCENE = 0.05
-PRIOR_EVAL_S_PER_SCENE = 2.0  # per evaluated model, dim 128, 4 MaskGIT steps
+PRIOR_EVAL_S_PER_SCENE = 1.0  # per evaluated model, dim 128, 4 MaskGIT steps
 PRIOR_STARTUP_S = 10.0  # per library stage: imports, model / tokenizer loading
 TOKENIZER_TRAIN_S = 15 * 60  # one image tokenizer with configs/tokenizers/*.yaml on 2 CPU cores
 
@@ -170,8 +170,8 @@ def estimate(s: Settings, workers: int) -> dict[str, float]:
         "tokenizers": 4 * TOKENIZER_TRAIN_S if s.train_tokenizers else 0.0,
         "tokenize": PRIOR_STARTUP_S + scenes * PRIOR_TOKENIZE_S_PER_SCENE / workers,
         "export": 2.0,
-        "evaluate": PRIOR_STARTUP_S + 2 * s.eval_scenes * PRIOR_EVAL_S_PER_SCENE,
-        "samples": PRIOR_STARTUP_S + 2 * s.sample_scenes * PRIOR_EVAL_S_PER_SCENE / 2,
+        "evaluate": PRIOR_STARTUP_S / 2 + 2 * s.eval_scenes * PRIOR_EVAL_S_PER_SCENE,
+        "samples": PRIOR_STARTUP_S / 2 + s.sample_scenes * PRIOR_EVAL_S_PER_SCENE,
         "report": 1.0,
     }
     out["train"] = max(30.0, s.minutes * 60 - sum(v for k, v in out.items() if k != "tokenizers"))
