@@ -231,6 +231,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     results = evaluate_folder(args.model, args.data, args.out, tokenizers_dir=args.tokenizers, device=args.device,
                               num_scenes=args.num_scenes, overwrite=args.overwrite, baseline=args.baseline,
                               batch_size=args.batch_size, steps=args.steps, temperature=args.temperature,
+                              rgb_temperature=args.rgb_temperature,
                               seed=args.seed, progress=args.progress,
                               tasks=args.tasks.split(",") if args.tasks else None)
     print(format_table(results), end="")
@@ -254,6 +255,8 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="scenes per generation call (default 16)")
     p.add_argument("--steps", type=int, default=8, help="MaskGIT steps per image target (default 8)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    p.add_argument("--rgb-temperature", type=float, default=1.0,
+                   help="sampling temperature of generated RGB in the X->RGB tasks (default 1; greedy collapses)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="cpu", help="device of the model and image tokenizers: cpu or cuda")
     p.add_argument("--tasks", help="comma-separated subset, e.g. rgb->depth,caption->rgb (default: all)")

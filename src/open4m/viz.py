@@ -73,12 +73,21 @@ def _label_map(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def upscaled(picture: Image.Image, size: int = TILE) -> Image.Image:
+    """``picture`` enlarged by the largest integer factor that fits ``size`` (nearest neighbour: pixels stay
+    visible as pixels); pictures already larger than half of ``size`` are returned as they are."""
+    factor = size // max(picture.size)
+    if factor < 2:
+        return picture
+    return picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)
+
+
 def semseg_image(labels, class_names: Sequence[str] | None = None, legend: bool = True) -> Image.Image:
     """(H, W) int class ids → palette picture, with a legend strip of the classes present below it."""
     lab = _array(labels).astype(np.int64).squeeze()
     if lab.ndim != 2:
         raise ValueError(f"semseg: expected (H, W) labels, got shape {lab.shape}")
-    picture = Image.fromarray(_label_map(lab))
+    picture = upscaled(Image.fromarray(_label_map(lab)))
     if not legend:
         return picture
     present = [int(v) for v in np.unique(lab)]
@@ -139,7 +148,11 @@ def render(name: str, value, background: Image.Image | None = None, class_names:
     if isinstance(value, str):
         return text_image(value)
     if base == "det" and isinstance(value, list):
-        return boxes_image(value, background)
+        return boxes_image(value, upscaled(background) if background is not None else None)
+    return upscaled(_render_array(base, value, class_names))
+
+
+def _render_array(base: str, value, class_names: Sequence[str] | None) -> Image.Image:
     x = _array(value)
     if np.issubdtype(x.dtype, np.integer) and x.squeeze().ndim == 2 and base.startswith("tok_"):
         if base == "tok_semseg" and x.squeeze().shape[0] > 32:
@@ -205,12 +218,18 @@ def save_grid(conditions: dict, result, path: str | os.PathLike, overwrite: bool
     rows = []
     for i in range(batch):
         row = []
+        background = None  # boxes are drawn on the row's RGB (a given one first, else a generated one)
         for name, value in conditions.items():
             v = value.value if hasattr(value, "known") else value
             row.append((f"in: {name}", render(name, _row(v, i, name))))
+            if name.split("@")[0] in ("rgb", "tok_rgb") and background is None:
+                background = row[-1][1]
         for name in result.tokens:
             shown = result.decoded.get(name, result.tokens[name])  # outputs always have the batch axis
-            row.append((f"out: {name}", render(name, shown[i], class_names=class_names)))
+            picture = render(name, shown[i], background=background, class_names=class_names)
+            row.append((f"out: {name}", picture))
+            if name.split("@")[0] == "tok_rgb" and background is None:
+                background = picture
         rows.append(row)
     return save_png(grid_image(rows), path, overwrite)
 

@@ -21,8 +21,11 @@ def test_depth_normals_semseg_boxes_text_render_as_expected():
     labels = np.zeros((20, 20), np.int64)
     labels[10:] = 3
     seg = viz.semseg_image(labels, class_names=["bg", "a", "b", "cube"])
-    assert seg.size == (20, 20 + 16)  # two classes → one legend row
-    assert tuple(np.asarray(seg)[15, 5]) == viz.palette_colour(3)
+    assert seg.size == (220, 220 + 16)  # enlarged 11x to fit the 224 px tile; two classes → one legend row
+    assert tuple(np.asarray(seg)[165, 55]) == viz.palette_colour(3) and tuple(np.asarray(seg)[55, 55]) == \
+        viz.palette_colour(0)
+    assert viz.upscaled(viz.rgb_image(np.zeros((64, 64, 3), np.uint8))).size == (192, 192)
+    assert viz.upscaled(viz.rgb_image(np.zeros((150, 150, 3), np.uint8))).size == (150, 150)
     boxed = np.asarray(viz.boxes_image([{"box": [0.25, 0.25, 0.75, 0.75], "class": "cube"}]))
     assert (boxed[56, 100] != 255).any() and (boxed[112, 112] == 255).all()  # outline drawn, inside left blank
     assert (np.asarray(viz.text_image("a red cube")) < 128).any()

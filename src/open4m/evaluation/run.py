@@ -2,9 +2,10 @@
 
 Scenes are taken in batches; per batch every runnable task (:mod:`open4m.evaluation.tasks`) generates its
 target with :func:`open4m.generation.prompt.generate` (MaskGIT for image tokens, autoregressive for
-sequences; temperature 0 = greedy by default), decodes it with the tokenizer set, and adds to pooled
-statistics, so memory does not grow with the number of scenes. Each row's random generator is seeded
-with ``seed + scene index``: results do not depend on the batch size.
+sequences; temperature 0 = greedy by default for predictions, while generated RGB images are sampled at
+``rgb_temperature``, since greedy MaskGIT collapses an image to its most likely flat layout), decodes it
+with the tokenizer set, and adds to pooled statistics, so memory does not grow with the number of scenes.
+Each row's random generator is seeded with ``seed + scene index``: results do not depend on the batch size.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from open4m.evaluation.tasks import CAPTION, DEPTH, DET, SEMSEG, TARGETS, TOK_RG
 from open4m.generation.prompt import generate
 from open4m.generation.sampler import TargetSpec
 from open4m.pixels import to_model_pixels
+from open4m.runtime import tune_cpu
 
 FORMAT = "open4m-eval/1"
 COLUMNS = ("model", "ceiling")
@@ -63,9 +65,10 @@ class _Pool:
 
 class _Evaluator:
     def __init__(self, model, tokenizers, plan, *, batch_size: int, steps: int, temperature: float, seed: int,
-                 min_class_pixels: int) -> None:
+                 min_class_pixels: int, rgb_temperature: float = 1.0) -> None:
         self.model, self.tok, self.plan = model, tokenizers, plan
         self.batch_size, self.steps, self.temperature, self.seed = batch_size, steps, temperature, seed
+        self.rgb_temperature = rgb_temperature
         self.min_class_pixels = min_class_pixels
         self.pool = _Pool()
         self.seconds = {task: 0.0 for task in plan.tasks}
@@ -74,7 +77,8 @@ class _Evaluator:
     def generate(self, conditions: dict, target: str, seeds: list[int]):
         """Decoded ``target`` for every row of ``conditions`` (arrays (B, ...) or lists of length B), in chunks
         of ``batch_size``: an array (B, H, W[, C]) for images, a list for sequences."""
-        spec = TargetSpec(target, steps=self.steps, temperature=self.temperature)
+        temperature = self.rgb_temperature if target == TOK_RGB else self.temperature
+        spec = TargetSpec(target, steps=self.steps, temperature=temperature)
         out = []
         for start in range(0, len(seeds), self.batch_size):
             chunk = {k: v[start : start + self.batch_size] for k, v in conditions.items()}
@@ -255,6 +259,7 @@ def evaluate_model(
     *,
     steps: int = 8,
     temperature: float = 0.0,
+    rgb_temperature: float = 1.0,
     seed: int = 0,
     tasks: list[str] | None = None,
     min_class_pixels: int = 4,
@@ -270,7 +275,8 @@ def evaluate_model(
             :func:`open4m.vq.samples.world_shard_samples` of held-out shards.
         num_scenes: how many scenes to use (fewer when ``samples`` runs out first).
         batch_size: scenes per generation call.
-        steps, temperature: MaskGIT steps per image target; sampling temperature (0 = greedy) for every target.
+        steps, temperature: MaskGIT steps per image target; sampling temperature (0 = greedy) of the predictions.
+        rgb_temperature: sampling temperature of generated RGB (the X->RGB tasks).
         seed: row i of the set samples with generator seed ``seed + i``.
         tasks: a subset of :data:`open4m.evaluation.tasks.TASKS` (default all).
         min_class_pixels: caption->rgb counts a shape class as present in a judged semseg map from this many pixels.
@@ -283,13 +289,14 @@ def evaluate_model(
 
     Raises ValueError when no task can run or there are no samples.
     """
+    tune_cpu()
     if num_scenes < 1 or batch_size < 1 or steps < 1:
         raise ValueError(f"num_scenes, batch_size and steps must be >= 1, got {num_scenes}, {batch_size}, {steps}")
     plan = plan_tasks(model, tokenizers, tasks)
-    settings = {"batch_size": batch_size, "steps": steps, "temperature": temperature, "seed": seed,
-                "min_class_pixels": min_class_pixels}
+    settings = {"batch_size": batch_size, "steps": steps, "temperature": temperature,
+                "rgb_temperature": rgb_temperature, "seed": seed, "min_class_pixels": min_class_pixels}
     evaluator = _Evaluator(model, tokenizers, plan, batch_size=batch_size, steps=steps, temperature=temperature,
-                           seed=seed, min_class_pixels=min_class_pixels)
+                           seed=seed, min_class_pixels=min_class_pixels, rgb_temperature=rgb_temperature)
     was_training = model.training
     model.eval()
     start, done = time.perf_counter(), 0

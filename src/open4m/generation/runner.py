@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from open4m import modalities
+from open4m.data.world.config import SEMSEG_CLASSES
 from open4m.generation.prompt import GenerationResult, generate
 from open4m.generation.sampler import TargetSpec
 from open4m.pixels import to_model_pixels
@@ -171,4 +172,5 @@ def generate_to_png(
                                  "--allow-unknown-words")
     specs = resolve_targets(model, targets, list(parsed), **settings)
     result = generate(model, parsed, specs, tokenizers=tokenizers.image, text_tokenizer=tok, seed=seed)
-    return result, save_grid(parsed, result, out, overwrite=overwrite)
+    class_names = SEMSEG_CLASSES if "tok_semseg@64" in {*parsed, *result.tokens} else None  # the world's labels
+    return result, save_grid(parsed, result, out, overwrite=overwrite, class_names=class_names)
