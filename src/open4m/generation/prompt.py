@@ -14,7 +14,8 @@ tokens with a ``known`` mask (True = given, kept exactly), or a sequence prefix 
 partial modality must also be listed as a target.
 
 Image tokenizers plug in through ``tokenizers``: any object with ``encode(raw) -> tokens (B, h, w)`` and
-``decode(tokens (B, h, w)) -> raw``. Outputs come back as tokens and, where a tokenizer is given (the text
+``decode(tokens (B, h, w)) -> raw``; when it has an int ``vocab_size`` below the modality's, a target it decodes
+is sampled from those ids only. Outputs come back as tokens and, where a tokenizer is given (the text
 tokenizer for sequences), decoded.
 """
 
@@ -93,7 +94,9 @@ def generate(
         if spec.name not in state:
             state[spec.name] = {k: v.to(device) for k, v in _empty_target(spec.name, b, text_tokenizer).items()}
     validate_batch(state)
-    sampler = Sampler(model, text_tokenizer, use_cache=use_cache)
+    limits = {name: tok.vocab_size for name, tok in tokenizers.items()
+              if name in target_names and isinstance(getattr(tok, "vocab_size", None), int)}
+    sampler = Sampler(model, text_tokenizer, use_cache=use_cache, vocab_limits=limits)
     final = sampler.generate(state, specs, seed=seed, top_k=top_k, top_p=top_p, on_step=on_step)
     return _result(final, target_names, tokenizers, text_tokenizer)
 

@@ -88,12 +88,16 @@ class StepInfo:
 
 class Sampler:
     """Generate targets from a 4M model. ``text_tokenizer`` is needed for sequence targets and guidance
-    with sequence conditions (sentinel ids)."""
+    with sequence conditions (sentinel ids). ``vocab_limits``: image target name → how many ids its tokenizer
+    can decode, when fewer than the model's head has (an FSQ tokenizer with 1000 codes under a 1024-id
+    modality); ids from there on are never sampled."""
 
-    def __init__(self, model: FourM, text_tokenizer=None, use_cache: bool = True) -> None:
+    def __init__(self, model: FourM, text_tokenizer=None, use_cache: bool = True,
+                 vocab_limits: dict[str, int] | None = None) -> None:
         self.model = model
         self.text_tokenizer = text_tokenizer
         self.use_cache = use_cache
+        self.vocab_limits = dict(vocab_limits or {})
 
     # ------------------------------------------------------------------ checks
     def check(self, state: ModDict, targets: Sequence[TargetSpec]) -> None:
@@ -293,6 +297,10 @@ class Sampler:
         dec = model.embed_decoder({name: batch[name]}, m)
         y = model.decode(dec, context, enc)
         logits = self._combine(model.logits(y, name), weights, b)
+        limit = self.vocab_limits.get(name)
+        if limit is not None and limit < logits.shape[-1]:
+            logits = logits.clone()
+            logits[..., limit:] = float("-inf")
         positions = torch.sort((~decode).to(torch.uint8), dim=1, stable=True).indices[:, :m]
         valid = decode.gather(1, positions)
         tokens, conf = sample(logits, temperature, generators, top_k, top_p)
