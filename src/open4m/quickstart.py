@@ -147,6 +147,9 @@ class Quickstart:
             self.log(f"the quickstart in {self.out} is complete ({self.out / 'report.md'}); nothing to do "
                      "(pass --overwrite to run it again)")
             return self.out / "report.md"
+        from open4m.runtime import tune_cpu
+
+        tune_cpu()  # before any stage starts torch threads: threads started earlier keep denormals slow
         self._print_plan()
         started = time.perf_counter()
         runners = {"world": self.stage_world, "tokenizers": self.stage_tokenizers, "tokenize": self.stage_tokenize,
