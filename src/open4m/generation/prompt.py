@@ -21,7 +21,7 @@ tokenizer for sequences), decoded.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -71,6 +71,7 @@ def generate(
     """
     tokenizers = dict(tokenizers or {})
     specs = [t if isinstance(t, TargetSpec) else TargetSpec(t) for t in targets]
+    specs = [_limited_to_tokenizer(spec, tokenizers.get(spec.name)) for spec in specs]
     if not specs:
         raise ValueError("no targets to generate")
     target_names = [s.name for s in specs]
@@ -96,6 +97,14 @@ def generate(
     sampler = Sampler(model, text_tokenizer, use_cache=use_cache)
     final = sampler.generate(state, specs, seed=seed, top_k=top_k, top_p=top_p, on_step=on_step)
     return _result(final, target_names, tokenizers, text_tokenizer)
+
+
+def _limited_to_tokenizer(spec: TargetSpec, tokenizer) -> TargetSpec:
+    """``spec`` sampling only ids the image tokenizer can decode, when its vocabulary is the smaller one."""
+    size = getattr(tokenizer, "vocab_size", None)
+    if spec.vocab_size is not None or size is None or size >= modalities.get(spec.name).vocab_size:
+        return spec
+    return replace(spec, vocab_size=size)
 
 
 # ---------------------------------------------------------------------------------------- conditions
