@@ -34,8 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from open4m import quickstart_plan as planning
+from open4m.atomic import write_json_atomic
 from open4m.quickstart_plan import Settings
-from open4m.vq.tokenizer import write_json_atomic
 
 FORMAT = "open4m-quickstart/1"
 STATE_FILE = "stages.json"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from open4m.vq.tokenizer import write_atomic
+from open4m.atomic import write_atomic
 
 RGB_GRID, CAPTION_GRID = "samples_rgb_to_all.png", "samples_caption_to_all.png"
 RGB_INPUT, CAPTION = "rgb@64", "caption@64"

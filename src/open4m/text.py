@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import tarfile
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -37,6 +36,8 @@ from tokenizers import AddedToken, Tokenizer, decoders, trainers
 from tokenizers.models import WordPiece
 from tokenizers.normalizers import BertNormalizer
 from tokenizers.pre_tokenizers import BertPreTokenizer
+
+from open4m.atomic import write_text_atomic
 
 PAD, UNK, SOS, EOS = "[PAD]", "[UNK]", "[SOS]", "[EOS]"
 NUM_SENTINELS = 200
@@ -180,15 +181,7 @@ class TextTokenizer:
         file = directory / TOKENIZER_FILE
         if file.exists() and not overwrite:
             raise ValueError(f"text tokenizer: {file} already exists (pass overwrite=True / --force to replace it)")
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tokenizer.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json())
-            os.replace(tmp, file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return file
+        return write_text_atomic(file, self.to_json())
 
     # ----------------------------------------------------------------------------- encode / decode
 

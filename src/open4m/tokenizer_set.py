@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from open4m import modalities
+from open4m.atomic import write_json_atomic
 from open4m.text import TextTokenizer
-from open4m.vq.tokenizer import CONFIG_FILE, WEIGHTS_FILE, ImageTokenizer, write_json_atomic
+from open4m.vq.tokenizer import CONFIG_FILE, WEIGHTS_FILE, ImageTokenizer
 
 FORMAT = "open4m-tokenizer-set/1"
 MANIFEST = "manifest.json"

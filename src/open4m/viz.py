@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from open4m.atomic import write_atomic
 
 TILE = 224
 
@@ -194,16 +195,7 @@ def save_png(image: Image.Image, path: str | os.PathLike, overwrite: bool = Fals
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists (pass overwrite / --force to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def save_grid(conditions: dict, result, path: str | os.PathLike, overwrite: bool = False,

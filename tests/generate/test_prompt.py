@@ -113,3 +113,28 @@ def test_bad_prompts_fail_with_clear_errors_before_any_compute(model, tok, condi
     monkeypatch.setattr(model, "encode", no_compute)
     with pytest.raises(ValueError, match=message):
         generate(model, conditions, targets, text_tokenizer=tok)
+
+
+def test_image_targets_sample_only_ids_their_tokenizer_decodes():
+    import numpy as np
+
+    from open4m.generation import generate
+    from open4m.model import FourM, preset
+
+    class SmallCodebook:  # an FSQ-like tokenizer: 1000 codes in a 1024-id modality
+        vocab_size = 1000
+
+        def decode(self, tokens):
+            assert np.asarray(tokens).max() < 1000
+            return np.asarray(tokens, np.float32)
+
+    torch.manual_seed(0)
+    model = FourM(preset("tiny_gelu", ["tok_semseg@64"], ["tok_depth@64"], dim=32, encoder_depth=1,
+                         decoder_depth=1, num_heads=1)).eval()
+    bonus = torch.zeros(1024)
+    bonus[1000:] = 100.0  # make the ids the tokenizer cannot decode by far the likeliest ones
+    plain_logits = model.logits
+    model.logits = lambda y, name: plain_logits(y, name) + bonus
+    result = generate(model, {"tok_semseg@64": torch.zeros(16, 16, dtype=torch.long)}, ["tok_depth@64"],
+                      tokenizers={"tok_depth@64": SmallCodebook()}, seed=0)
+    assert int(result.tokens["tok_depth@64"].max()) < 1000

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from open4m.vq.tokenizer import write_atomic, write_json_atomic
+from open4m.atomic import write_atomic, write_json_atomic
 
 RESULTS_FILE, TABLE_FILE = "results.json", "metrics.md"
 ARROWS = {True: "↑", False: "↓"}

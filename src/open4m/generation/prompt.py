@@ -14,15 +14,14 @@ tokens with a ``known`` mask (True = given, kept exactly), or a sequence prefix 
 partial modality must also be listed as a target.
 
 Image tokenizers plug in through ``tokenizers``: any object with ``encode(raw) -> tokens (B, h, w)`` and
-``decode(tokens (B, h, w)) -> raw``; when it has an int ``vocab_size`` below the modality's, a target it decodes
-is sampled from those ids only. Outputs come back as tokens and, where a tokenizer is given (the text
+``decode(tokens (B, h, w)) -> raw``. Outputs come back as tokens and, where a tokenizer is given (the text
 tokenizer for sequences), decoded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -72,6 +71,7 @@ def generate(
     """
     tokenizers = dict(tokenizers or {})
     specs = [t if isinstance(t, TargetSpec) else TargetSpec(t) for t in targets]
+    specs = [_limited_to_tokenizer(spec, tokenizers.get(spec.name)) for spec in specs]
     if not specs:
         raise ValueError("no targets to generate")
     target_names = [s.name for s in specs]
@@ -94,11 +94,17 @@ def generate(
         if spec.name not in state:
             state[spec.name] = {k: v.to(device) for k, v in _empty_target(spec.name, b, text_tokenizer).items()}
     validate_batch(state)
-    limits = {name: tok.vocab_size for name, tok in tokenizers.items()
-              if name in target_names and isinstance(getattr(tok, "vocab_size", None), int)}
-    sampler = Sampler(model, text_tokenizer, use_cache=use_cache, vocab_limits=limits)
+    sampler = Sampler(model, text_tokenizer, use_cache=use_cache)
     final = sampler.generate(state, specs, seed=seed, top_k=top_k, top_p=top_p, on_step=on_step)
     return _result(final, target_names, tokenizers, text_tokenizer)
+
+
+def _limited_to_tokenizer(spec: TargetSpec, tokenizer) -> TargetSpec:
+    """``spec`` sampling only ids the image tokenizer can decode, when its vocabulary is the smaller one."""
+    size = getattr(tokenizer, "vocab_size", None)
+    if spec.vocab_size is not None or size is None or size >= modalities.get(spec.name).vocab_size:
+        return spec
+    return replace(spec, vocab_size=size)
 
 
 # ---------------------------------------------------------------------------------------- conditions

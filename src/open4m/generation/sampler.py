@@ -58,6 +58,8 @@ class TargetSpec:
             multi-condition guidance (weights may be negative).
         guided: conditions emptied for plain guidance (None = every condition present).
         max_new_tokens: autoregressive length limit (None = the modality's ``max_tokens``).
+        vocab_size: sample image tokens only below this id (the image tokenizer's vocabulary when it is
+            smaller than the modality's, e.g. an FSQ codebook of 1000 in a 1024-id modality); None = all.
     """
 
     name: str
@@ -69,6 +71,7 @@ class TargetSpec:
     guidance: float | dict[str, float] = 1.0
     guided: Sequence[str] | None = None
     max_new_tokens: int | None = None
+    vocab_size: int | None = None
 
     def resolved_scheme(self) -> str:
         if self.scheme is not None:
@@ -88,16 +91,12 @@ class StepInfo:
 
 class Sampler:
     """Generate targets from a 4M model. ``text_tokenizer`` is needed for sequence targets and guidance
-    with sequence conditions (sentinel ids). ``vocab_limits``: image target name → how many ids its tokenizer
-    can decode, when fewer than the model's head has (an FSQ tokenizer with 1000 codes under a 1024-id
-    modality); ids from there on are never sampled."""
+    with sequence conditions (sentinel ids)."""
 
-    def __init__(self, model: FourM, text_tokenizer=None, use_cache: bool = True,
-                 vocab_limits: dict[str, int] | None = None) -> None:
+    def __init__(self, model: FourM, text_tokenizer=None, use_cache: bool = True) -> None:
         self.model = model
         self.text_tokenizer = text_tokenizer
         self.use_cache = use_cache
-        self.vocab_limits = dict(vocab_limits or {})
 
     # ------------------------------------------------------------------ checks
     def check(self, state: ModDict, targets: Sequence[TargetSpec]) -> None:
@@ -264,7 +263,7 @@ class Sampler:
             else:
                 decode = open_
             tokens, conf, positions, valid = self._decode_positions(state, name, decode, groups, weights, temps[step],
-                                                                    generators, top_k, top_p)
+                                                                    generators, top_k, top_p, spec.vocab_size)
             if scheme == "roar":
                 chosen = valid
             else:
@@ -280,7 +279,8 @@ class Sampler:
                 on_step(StepInfo(name, step, written))
         return state
 
-    def _decode_positions(self, state, name, decode, groups, weights, temperature, generators, top_k, top_p):
+    def _decode_positions(self, state, name, decode, groups, weights, temperature, generators, top_k, top_p,
+                          vocab_size=None):
         """Decode the positions ``decode`` (B, N) of image target ``name``.
 
         Returns tokens, confidence, positions (B, m) and valid (B, m): slot j of row i holds position
@@ -297,10 +297,8 @@ class Sampler:
         dec = model.embed_decoder({name: batch[name]}, m)
         y = model.decode(dec, context, enc)
         logits = self._combine(model.logits(y, name), weights, b)
-        limit = self.vocab_limits.get(name)
-        if limit is not None and limit < logits.shape[-1]:
-            logits = logits.clone()
-            logits[..., limit:] = float("-inf")
+        if vocab_size is not None:
+            logits[..., vocab_size:] = float("-inf")
         positions = torch.sort((~decode).to(torch.uint8), dim=1, stable=True).indices[:, :m]
         valid = decode.gather(1, positions)
         tokens, conf = sample(logits, temperature, generators, top_k, top_p)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from open4m import modalities
+from open4m.atomic import write_atomic
 from open4m.model.config import FourMConfig
 from open4m.model.fourm import FourM
 
@@ -287,20 +287,7 @@ def save_pretrained(model: FourM, directory: str | os.PathLike, overwrite: bool 
         state = {k: v for k, v in state.items() if k not in aliases and k not in computed}
         metadata[SHARED_KEY] = json.dumps(aliases, sort_keys=True)
         metadata[COMPUTED_KEY] = json.dumps(computed)
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
-    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config)))
+    write_atomic(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
+    write_atomic(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config)))
     return directory
 
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

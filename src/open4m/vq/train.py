@@ -35,12 +35,13 @@ from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from open4m.atomic import write_atomic, write_json_atomic
 from open4m.runtime import tune_cpu
 from open4m.vq.adapters import ModalityAdapter
 from open4m.vq.autoencoder import Autoencoder, TokenizerConfig, dataclass_from_dict
 from open4m.vq.losses import reconstruction_loss
 from open4m.vq.quantizers import CosineVQ
-from open4m.vq.tokenizer import ImageTokenizer, write_atomic, write_json_atomic
+from open4m.vq.tokenizer import ImageTokenizer
 
 CHECKPOINT_FILE, PREVIEW_FILE, SUMMARY_FILE = "checkpoint.safetensors", "preview.png", "train_summary.json"
 
