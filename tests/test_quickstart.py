@@ -191,7 +191,6 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(tiny_run, tmp_path,
     assert _state(out)["stages"]["train"]["steps"] == 2
 
 
-@pytest.mark.slow
 def test_trained_tokenizers_make_the_set_the_token_shards_use(tmp_path):
     from open4m.data.pretokenize import read_manifest
     from open4m.shipped import world_tokenizers_dir
@@ -244,7 +243,6 @@ def _check_report(out):
     return results, baseline, evaluation
 
 
-@pytest.mark.slow
 def test_tiny_run_end_to_end_and_a_finished_run_is_left_alone(tmp_path):
     pytest.importorskip("open4m.evaluation")
     out = tmp_path / "q"
