@@ -33,3 +33,14 @@ def official_io():
             batch.setdefault(name, {})[field] = value
     batch = {name: batch[name] for name in info["input_modality_order"]}
     return tensors, info, batch
+
+
+@pytest.fixture(autouse=True)
+def _ieee_floats_between_tests():
+    """Entry points (train, generate, eval, quickstart) flush denormals for the whole process
+    (open4m.runtime.tune_cpu); turn it off after each test so that the next one starts from IEEE floats
+    (hypothesis, for one, refuses to run with flush-to-zero on)."""
+    yield
+    import torch
+
+    torch.set_flush_denormal(False)

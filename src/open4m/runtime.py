@@ -30,7 +30,10 @@ def flush_denormals() -> bool:
 
 
 def tune_cpu() -> None:
-    """Every process-level CPU setting of this module (what the training and generation entry points call)."""
+    """Every process-level CPU setting of this module (what the training and generation entry points call).
+
+    The settings stay for the rest of the process; ``torch.set_flush_denormal(False)`` undoes the flushing.
+    """
     tune_allocator()
     flush_denormals()
 
