@@ -1,6 +1,6 @@
-"""Atomic file writes: a temporary file in the target's folder, then ``os.replace`` — a reader (or a crash)
-never sees a half-written file under the final name. Files get the permissions the process umask gives new
-files (``mkstemp`` alone would leave them 0600)."""
+"""Files on disk: atomic writes (a temporary file in the target's folder, then ``os.replace``: a reader, or a
+crash, never sees a half-written file under the final name; files get the permissions the process umask gives
+new files, where ``mkstemp`` alone would leave them 0600) and :func:`read_json`, whose errors name the file."""
 
 from __future__ import annotations
 
@@ -37,3 +37,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def write_json_atomic(path: str | os.PathLike, obj: object) -> Path:
     """``obj`` as indented JSON (plus a newline) to ``path`` atomically."""
     return write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: str | os.PathLike, missing: str) -> object:
+    """The JSON value in ``path``; FileNotFoundError with ``missing`` when there is no such file, ValueError
+    naming the file when it is not valid JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(missing)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None

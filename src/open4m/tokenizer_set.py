@@ -17,13 +17,12 @@ the tokenizer file), so token shards and models can record exactly which tokeniz
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from open4m import modalities
-from open4m.atomic import write_json_atomic
+from open4m.atomic import read_json, write_json_atomic
 from open4m.text import TextTokenizer
 from open4m.vq.tokenizer import CONFIG_FILE, WEIGHTS_FILE, ImageTokenizer
 
@@ -113,12 +112,7 @@ class TokenizerSet:
 def read_manifest(directory: str | Path) -> dict:
     """The manifest of the tokenizer set in ``directory``; clear errors when it is missing or malformed."""
     path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a tokenizer set: no {MANIFEST}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    manifest = read_json(path, f"{directory} is not a tokenizer set: no {MANIFEST}")
     if not isinstance(manifest, Mapping) or manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: not an {FORMAT} manifest")
     return dict(manifest)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from open4m import modalities
+from open4m.atomic import read_json
 from open4m.data.shards import (
     iter_shard,
     list_shards,
@@ -259,12 +260,7 @@ def read_manifest(folder: str | Path) -> dict:
     """The manifest of a token-shard folder (see the module docstring), e.g. to check a model's tokenizer hashes
     against ``manifest["sha256"]``. Raises FileNotFoundError / ValueError naming the file."""
     path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} holds no {MANIFEST}; it was not written by `open4m tokenize`")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    manifest = read_json(path, f"{folder} holds no {MANIFEST}; it was not written by `open4m tokenize`")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{path} is not an {FORMAT} manifest")
     return manifest

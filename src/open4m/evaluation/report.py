@@ -3,10 +3,9 @@ untrained baseline that CI asserts on."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from open4m.atomic import write_atomic, write_json_atomic
+from open4m.atomic import read_json, write_atomic, write_json_atomic
 
 RESULTS_FILE, TABLE_FILE = "results.json", "metrics.md"
 ARROWS = {True: "↑", False: "↓"}
@@ -79,12 +78,7 @@ def load_results(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no evaluation results at {path}")
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    results = read_json(path, f"no evaluation results at {path}")
     if not isinstance(results, dict) or "metrics" not in results:
         raise ValueError(f"{path} does not hold open4m evaluation results (no 'metrics')")
     return results
