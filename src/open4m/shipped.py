@@ -33,3 +33,10 @@ def world_model_dir() -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"the shipped world model is missing from this install ({path})")
     return path
+
+
+def tokenizers_dir_for(model_dir: str | Path) -> Path:
+    """The tokenizer set a model folder goes with: ``model_dir/tokenizers`` when it holds one (as quickstart
+    bundles write), else the shipped world tokenizers."""
+    bundled = Path(model_dir) / "tokenizers"
+    return bundled if (bundled / "manifest.json").is_file() else world_tokenizers_dir()

@@ -326,8 +326,8 @@ def load_model_and_tokenizers(model_dir: str | Path, tokenizers_dir: str | Path 
     ``model_dir/tokenizers`` when it holds a set, else the shipped world tokenizers. Clear FileNotFoundError /
     ValueError for bad folders."""
     from open4m.model import from_pretrained
-    from open4m.shipped import world_tokenizers_dir
-    from open4m.tokenizer_set import MANIFEST, TokenizerSet
+    from open4m.shipped import tokenizers_dir_for
+    from open4m.tokenizer_set import TokenizerSet
 
     model_dir = Path(model_dir)
     if not model_dir.exists():
@@ -335,10 +335,7 @@ def load_model_and_tokenizers(model_dir: str | Path, tokenizers_dir: str | Path 
     if not model_dir.is_dir():
         raise ValueError(f"{model_dir} is not a folder; expected a model folder (config.json + model.safetensors)")
     model = from_pretrained(model_dir, map_location=device)
-    if tokenizers_dir is None:
-        tokenizers_dir = model_dir / "tokenizers" if (model_dir / "tokenizers" / MANIFEST).is_file() \
-            else world_tokenizers_dir()
-    tokenizers = TokenizerSet.load(tokenizers_dir)
+    tokenizers = TokenizerSet.load(tokenizers_dir if tokenizers_dir is not None else tokenizers_dir_for(model_dir))
     for tokenizer in tokenizers.image.values():
         tokenizer.model.to(device)
     return model, tokenizers

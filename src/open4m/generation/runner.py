@@ -86,18 +86,6 @@ def unknown_words(tokenizer, text: str) -> list[str]:
     return out
 
 
-def find_tokenizer_set(model_dir: str | os.PathLike, path: str | os.PathLike | None = None):
-    """The tokenizer set at ``path``, else ``model_dir/tokenizers``, else the shipped world set."""
-    from open4m.shipped import world_tokenizers_dir
-    from open4m.tokenizer_set import TokenizerSet
-
-    if path is not None:
-        return TokenizerSet.load(path)
-    if (Path(model_dir) / "tokenizers" / "manifest.json").is_file():
-        return TokenizerSet.load(Path(model_dir) / "tokenizers")
-    return TokenizerSet.load(world_tokenizers_dir())
-
-
 def default_output(stem: str = "generated") -> Path:
     """``generated.png`` in the working folder, or ``generated-1.png``, ... : never an existing file."""
     path, k = Path(f"{stem}.png"), 0
@@ -149,7 +137,8 @@ def generate_to_png(
     lacks is an error unless ``allow_unknown_words``."""
     from open4m.model import from_pretrained
     from open4m.runtime import tune_cpu
-    from open4m.shipped import world_model_dir
+    from open4m.shipped import tokenizers_dir_for, world_model_dir
+    from open4m.tokenizer_set import TokenizerSet
     from open4m.viz import save_grid
 
     tune_cpu()
@@ -161,7 +150,7 @@ def generate_to_png(
         raise FileNotFoundError(f"model folder {model_dir} does not exist")
     model = from_pretrained(model_dir).eval()
     parsed = dict(parse_condition(c, list(model.encoder_embeddings)) for c in conditions)
-    tokenizers = find_tokenizer_set(model_dir, tokenizers_path)
+    tokenizers = TokenizerSet.load(tokenizers_path if tokenizers_path is not None else tokenizers_dir_for(model_dir))
     tok = find_text_tokenizer(model_dir, text_tokenizer_path) or tokenizers.text
     if tok is not None and not allow_unknown_words and tok.vocab_size < CLOSED_VOCABULARY:
         for name, value in parsed.items():
