@@ -325,14 +325,15 @@ class Sampler:
         pos_emb = emb.pos_mod(pos.masked_fill(pos >= mod.pos_max_length, 0)).to(context.dtype)  # (limit, D)
         out = start[:, None]
         done = torch.zeros(b, dtype=torch.bool, device=start.device)
-        cache = model.start_incremental_decode(context, enc) if self.use_cache else None
+        decoder = model.incremental_decoder(context, enc, limit) if self.use_cache else None
         for t in range(limit):
-            if self.use_cache:
+            if decoder is not None:
                 x = (emb.token_emb(out[:, -1:]).to(context.dtype) + pos_emb[t]).repeat(rows // b, 1, 1)
-                y = model.decode_incremental(x, cache)[:, -1]
+                y = decoder.step(x)
+                logits = decoder.logits(y, name)
             else:
-                y = self._decode_prefix(out, emb, pos_emb, context, enc, rows // b)
-            logits = self._combine(model.logits(y, name)[:, None], weights, b)
+                logits = model.logits(self._decode_prefix(out, emb, pos_emb, context, enc, rows // b), name)
+            logits = self._combine(logits[:, None], weights, b)
             new, _ = sample(logits, spec.temperature, generators, top_k, top_p)
             out = torch.cat([out, new], dim=1)
             done |= new[:, 0] == stop

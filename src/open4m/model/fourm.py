@@ -64,17 +64,6 @@ class DecoderInput:
     attention_mask: torch.Tensor
 
 
-@dataclass
-class DecoderCache:
-    """State of token-by-token decoding: per decoder block the cross-attention (K, V) of the context
-    (each (B, H, n, hd)) and the self-attention cache dict (``"k"``/``"v"`` (B, H, T, hd)); the
-    cross-attention bias of encoder padding (B, 1, 1, n) or None."""
-
-    cross_kv: list[tuple[torch.Tensor, torch.Tensor]]
-    self_kv: list[dict]
-    xa_bias: torch.Tensor | None
-
-
 def _rank_valid_first(invalid: torch.Tensor, keep: int) -> torch.Tensor:
     """Indices (B, keep) of the first ``keep`` slots once valid ones are moved first (stable)."""
     order = torch.sort(invalid.to(torch.uint8), dim=1, stable=True).indices
@@ -288,21 +277,13 @@ class FourM(nn.Module):
             y = self._run(block, y, context, sa_bias, xa_bias)
         return self.decoder_norm(y)
 
-    def start_incremental_decode(self, context: torch.Tensor, enc: EncoderInput) -> DecoderCache:
-        """A cache for token-by-token decoding: cross-attention K/V of ``context`` (B, n, D) for every block."""
-        xa_bias = mask_to_bias(enc.mask[:, None, None, :], context.dtype) if enc.mask.any() else None
-        return DecoderCache([block.cross_kv(context) for block in self.decoder], [{} for _ in self.decoder], xa_bias)
+    def incremental_decoder(self, context: torch.Tensor, enc: EncoderInput, max_tokens: int):
+        """An :class:`open4m.model.incremental.IncrementalDecoder` for token-by-token decoding of up to
+        ``max_tokens`` causal tokens against ``context`` (B, n, D); its steps equal :meth:`decode` on the whole
+        prefix under a causal self-attention mask, for the new row."""
+        from open4m.model.incremental import IncrementalDecoder
 
-    def decode_incremental(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
-        """Decode new causal tokens (B, t, D) (content + position/modality embedding) given earlier ones in ``cache``.
-
-        Equals :meth:`decode` on the whole prefix under a causal self-attention mask, for the new rows:
-        returns the normed outputs (B, t, D) and extends ``cache``. Use t = 1 per step.
-        """
-        y = tokens
-        for block, kv, sa_cache in zip(self.decoder, cache.cross_kv, cache.self_kv, strict=True):
-            y = block.forward_cached(y, sa_cache, kv, cache.xa_bias)
-        return self.decoder_norm(y)
+        return IncrementalDecoder(self, context, enc.mask, max_tokens)
 
     def _run(self, block: nn.Module, *args) -> torch.Tensor:
         if self.config.use_act_checkpoint and self.training and torch.is_grad_enabled():

@@ -166,18 +166,6 @@ class Attention(_MultiHead):
         q, k, v = self._qkv(x)
         return self.proj(_merge_heads(attention(q, k, v, attn_bias)))
 
-    def forward_cached(self, x: torch.Tensor, cache: dict, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """Self-attention of new tokens x (B, t, D) over the cached keys/values plus their own.
-
-        ``cache`` holds ``"k"``/``"v"`` (B, H, T, hd) of earlier tokens (absent at the start) and is
-        extended in place. ``attn_bias`` broadcastable to (B, H, t, T + t); None = attend to all.
-        """
-        q, k, v = self._qkv(x)
-        if "k" in cache:
-            k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-        cache["k"], cache["v"] = k, v
-        return self.proj(_merge_heads(attention(q, k, v, attn_bias)))
-
 
 class CrossAttention(_MultiHead):
     """Multi-head cross-attention: queries from ``x``, keys/values from ``context``."""
@@ -208,15 +196,14 @@ class CrossAttention(_MultiHead):
     def forward(
         self,
         x: torch.Tensor,
-        context: torch.Tensor | None = None,
+        context: torch.Tensor,
         attn_bias: torch.Tensor | None = None,
-        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """x (B, N, D), context (B, M, D) (or precomputed ``kv``), attn_bias → (B, N, D)."""
+        """x (B, N, D), context (B, M, D), attn_bias → (B, N, D)."""
         q = _split_heads(self.q(x), self.num_heads)
         if self.qk_norm:
             q = self.q_norm(q)
-        k, v = kv if kv is not None else self.context_kv(context)
+        k, v = self.context_kv(context)
         return self.proj(_merge_heads(attention(q, k, v, attn_bias)))
 
 
@@ -299,16 +286,6 @@ class DecoderBlock(_PreNormBlock):
         """x (B, N, D), context (B, M, D) → (B, N, D)."""
         x = x + self.drop_path(self.self_attn(self.norm1(x), sa_bias))
         x = x + self.drop_path(self.cross_attn(self.query_norm(x), self.context_norm(context), xa_bias))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-    def forward_cached(
-        self, x: torch.Tensor, cache: dict, context_kv: tuple[torch.Tensor, torch.Tensor], xa_bias: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Incremental decoding: new tokens x (B, t, D) with a self-attention ``cache`` (see
-        :meth:`Attention.forward_cached`) and the precomputed cross-attention keys/values of the context
-        (:meth:`cross_kv`). Computes what :meth:`forward` computes for these rows under a causal mask."""
-        x = x + self.drop_path(self.self_attn.forward_cached(self.norm1(x), cache))
-        x = x + self.drop_path(self.cross_attn(self.query_norm(x), None, xa_bias, kv=context_kv))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def cross_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,200 @@
+"""Token-by-token decoding of the 4M decoder (the autoregressive sampler's inner loop).
+
+:class:`IncrementalDecoder` computes, for one new causal token per row and step, exactly what
+:meth:`open4m.model.FourM.decode` computes for the last row of the whole prefix under a causal
+self-attention mask, but it only runs the new token through the blocks:
+
+- the cross-attention keys/values of the encoder context are computed once, at the start;
+- each block's self-attention keys/values live in buffers of fixed size (R, H, max_tokens, hd),
+  written in place at step t (no re-allocation, no concatenation per token);
+- the work per token is a few dozen small kernels, so at batch 1 on a CPU their fixed cost decides
+  the speed. In bfloat16 on the CPU (under ``torch.autocast("cpu", dtype=torch.bfloat16)`` or with
+  bf16 weights) each linear layer runs on a weight matrix packed once for oneDNN's bf16 kernels, with
+  the GELU fused into ``fc1`` and the logits head packed on first use (packed weights are kept for the
+  next generation call while the weights stay unchanged): PyTorch's plain bf16 ``linear`` re-lays-out the
+  weight on every call, which made bf16 decoding ~3x slower per token than fp32.
+  Elsewhere (fp32, CUDA, a torch build without oneDNN) the module weights are used as they are.
+
+The arithmetic follows autocast: the residual stream, the norms and the softmax statistics stay in
+float32 and the linear layers and attention run in bf16, so results match the autocast reference
+to bf16 rounding (see ``tests/model/test_incremental.py``).
+
+Shapes: R rows (batch x guidance branches), n context slots, D width, H heads, hd = D / H.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from open4m.model.layers import GatedMlp, LayerNorm, mask_to_bias
+
+
+def compute_dtype(module: nn.Module, device: torch.device) -> torch.dtype:
+    """The dtype the linear layers of ``module`` compute in on ``device``: autocast's when it is enabled
+    there, else the weights' own dtype."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return next(module.parameters()).dtype
+
+
+def _packing_available(dtype: torch.dtype, device: torch.device) -> bool:
+    return (device.type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+
+# Prepared (cast or packed) weights of linear layers, reused by later decoders while the layer's weight and
+# bias are the same tensors, unmodified (PyTorch bumps a tensor's ``_version`` on every in-place change).
+_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _version_key(layer: nn.Linear, dtype: torch.dtype, packed: bool) -> tuple:
+    tensors = [layer.weight] + ([layer.bias] if layer.bias is not None else [])
+    return (dtype, packed, *[(t.data_ptr(), t._version) for t in tensors])
+
+
+class _Linear:
+    """One linear layer in the compute dtype: a packed oneDNN weight (bf16 on CPU) or the plain weight.
+
+    ``fuse_gelu`` folds an exact (erf) GELU into the layer's output. Cast or packed copies are kept for
+    the next decoder of the same, unchanged layer (:data:`_PREPARED`)."""
+
+    def __init__(self, layer: nn.Linear, dtype: torch.dtype, packed: bool, fuse_gelu: bool = False) -> None:
+        self.fuse_gelu = fuse_gelu
+        self.packed = packed
+        key = _version_key(layer, dtype, packed)
+        cached = _PREPARED.get(layer)
+        if cached is not None and cached[0] == key:
+            self.weight, self.bias = cached[1]
+            return
+        weight = layer.weight.detach()
+        self.bias = None if layer.bias is None else layer.bias.detach().to(dtype)
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.to(dtype), 1) if packed else weight.to(dtype)
+        if packed or dtype != weight.dtype:
+            _PREPARED[layer] = (key, (self.weight, self.bias))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., D_in) in the compute dtype → (..., D_out)."""
+        if self.packed:
+            if self.fuse_gelu:
+                return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "gelu", [], "none")
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        out = F.linear(x, self.weight, self.bias)
+        return F.gelu(out) if self.fuse_gelu else out
+
+
+def _norm(norm: LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """The block's LayerNorm in float32 (as autocast runs it)."""
+    bias = norm.bias if norm.has_bias else None
+    return F.layer_norm(x.float(), norm.weight.shape, norm.weight.float(), None if bias is None else bias.float(),
+                        norm.eps)
+
+
+class _Block:
+    """One :class:`open4m.model.layers.DecoderBlock` prepared for incremental decoding."""
+
+    def __init__(self, block: nn.Module, context: torch.Tensor, rows: int, max_tokens: int, dtype: torch.dtype,
+                 packed: bool) -> None:
+        self.block = block
+        self.dtype = dtype
+        sa, xa = block.self_attn, block.cross_attn
+        self.heads = sa.num_heads
+        mlp = block.mlp
+        exact_gelu = isinstance(mlp.act, nn.GELU) and mlp.act.approximate == "none"
+        self.gated = isinstance(mlp, GatedMlp)
+        fuse = exact_gelu and not self.gated
+        self.qkv = _Linear(sa.qkv, dtype, packed)
+        self.sa_proj = _Linear(sa.proj, dtype, packed)
+        self.q = _Linear(xa.q, dtype, packed)
+        self.xa_proj = _Linear(xa.proj, dtype, packed)
+        self.fc1 = _Linear(mlp.fc1, dtype, packed, fuse_gelu=fuse)
+        self.fc2 = _Linear(mlp.fc2, dtype, packed)
+        self.fc3 = _Linear(mlp.fc3, dtype, packed) if self.gated else None
+        self.act = None if fuse else mlp.act
+        with torch.autocast(context.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            k, v = block.cross_kv(context)
+        self.cross_k, self.cross_v = k.to(dtype), v.to(dtype)
+        hd = k.shape[-1]
+        self.k = torch.empty(rows, self.heads, max_tokens, hd, dtype=dtype, device=context.device)
+        self.v = torch.empty_like(self.k)
+
+    def __call__(self, y: torch.Tensor, t: int, xa_bias: torch.Tensor | None) -> torch.Tensor:
+        """y (R, 1, D) float32 residual stream at step t → (R, 1, D)."""
+        block, dtype, h = self.block, self.dtype, self.heads
+        r, _, d = y.shape
+        qkv = self.qkv(_norm(block.norm1, y).to(dtype)).view(r, 3, h, 1, d // h)
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+        if block.self_attn.qk_norm:
+            q, k = block.self_attn.q_norm(q).to(dtype), block.self_attn.k_norm(k).to(dtype)
+        self.k[:, :, t] = k[:, :, 0]
+        self.v[:, :, t] = v[:, :, 0]
+        a = F.scaled_dot_product_attention(q, self.k[:, :, : t + 1], self.v[:, :, : t + 1])
+        y = y + self.sa_proj(a.reshape(r, 1, d))
+        q = self.q(_norm(block.query_norm, y).to(dtype)).view(r, h, 1, d // h)
+        if block.cross_attn.qk_norm:
+            q = block.cross_attn.q_norm(q).to(dtype)
+        a = F.scaled_dot_product_attention(q, self.cross_k, self.cross_v, attn_mask=xa_bias)
+        y = y + self.xa_proj(a.reshape(r, 1, d))
+        x = _norm(block.norm2, y).to(dtype)
+        hidden = self.fc1(x)
+        if self.act is not None:
+            hidden = self.act(hidden)
+        if self.fc3 is not None:
+            hidden = hidden * self.fc3(x)
+        return y + self.fc2(hidden)
+
+
+class IncrementalDecoder:
+    """Decode causal tokens one step at a time against a fixed encoder context.
+
+    Args:
+        model: the :class:`open4m.model.FourM` (its decoder blocks, final norm and logits heads are used).
+        context: the decoder context (R, n, D), ``model.context(model.encode(enc), enc)``.
+        context_mask: (R, n) bool, True = padding slot the decoder may not attend (``enc.mask``).
+        max_tokens: the most steps that will be decoded (size of the self-attention buffers).
+
+    The compute dtype is autocast's when autocast is enabled on the context's device at construction,
+    else the weights' dtype; :meth:`step` and :meth:`logits` may run outside the autocast region.
+    """
+
+    def __init__(self, model: nn.Module, context: torch.Tensor, context_mask: torch.Tensor, max_tokens: int) -> None:
+        if context.dim() != 3 or context_mask.shape != context.shape[:2]:
+            raise ValueError(f"context must be (R, n, D) with a (R, n) mask, got {tuple(context.shape)} and "
+                             f"{tuple(context_mask.shape)}")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        device = context.device
+        self.model = model
+        self.dtype = compute_dtype(model, device)
+        self.packed = _packing_available(self.dtype, device)
+        self.max_tokens = max_tokens
+        self.t = 0
+        rows = context.shape[0]
+        self.blocks = [_Block(b, context, rows, max_tokens, self.dtype, self.packed) for b in model.decoder]
+        self.xa_bias = mask_to_bias(context_mask[:, None, None, :], self.dtype) if context_mask.any() else None
+        self.heads: dict[str, _Linear] = {}
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Decode the next token of every row: ``tokens`` (R, 1, D) (content + position/modality embedding)
+        → the decoder's normed outputs (R, D) in float32. Raises when ``max_tokens`` steps were taken."""
+        if self.t >= self.max_tokens:
+            raise ValueError(f"the incremental decoder was sized for {self.max_tokens} tokens")
+        if tokens.dim() != 3 or tokens.shape[1] != 1:
+            raise ValueError(f"step takes one token per row, (R, 1, D); got {tuple(tokens.shape)}")
+        y = tokens.float()
+        for block in self.blocks:
+            y = block(y, self.t, self.xa_bias)
+        self.t += 1
+        return _norm(self.model.decoder_norm, y)[:, 0]
+
+    @torch.no_grad()
+    def logits(self, y: torch.Tensor, name: str) -> torch.Tensor:
+        """Logits (R, V) in float32 of modality ``name`` for decoder outputs ``y`` (R, D); the head's weight is
+        prepared (cast / packed) on first use."""
+        if name not in self.heads:
+            self.heads[name] = _Linear(self.model.decoder_embeddings[name].to_logits, self.dtype, self.packed)
+        return self.heads[name](y.to(self.dtype)).float()

@@ -1,0 +1,103 @@
+"""IncrementalDecoder: one token per step equals the full decoder over the prefix under a causal mask."""
+
+import pytest
+import torch
+
+from open4m.model import FourM, preset
+from open4m.model.fourm import DecoderInput, EncoderInput
+
+DOMAINS = ["tok_rgb@224", "caption"]
+
+
+def _model(flavour: str, seed: int = 0) -> FourM:
+    torch.manual_seed(seed)
+    config = preset(f"tiny_{flavour}", DOMAINS, DOMAINS, dim=64, encoder_depth=1, decoder_depth=3, num_heads=4)
+    model = FourM(config).eval()
+    with torch.no_grad():  # non-trivial norms and biases, so a skipped term shows
+        for name, p in model.named_parameters():
+            if "decoder." in name and p.dim() == 1:
+                p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+def _context(model: FourM, rows: int = 3, slots: int = 7) -> tuple[torch.Tensor, EncoderInput]:
+    g = torch.Generator().manual_seed(1)
+    context = torch.randn(rows, slots, model.config.dim, generator=g)
+    mask = torch.zeros(rows, slots, dtype=torch.bool)
+    mask[1, 5:] = True  # padding slots in one row
+    mask[2, 2:] = True
+    enc = EncoderInput(context, torch.zeros_like(context), mask, torch.zeros(rows, slots, dtype=torch.int16))
+    return context, enc
+
+
+def _full_decode(model: FourM, tokens: torch.Tensor, context: torch.Tensor, enc: EncoderInput) -> torch.Tensor:
+    r, t, _ = tokens.shape
+    causal = torch.ones(t, t, dtype=torch.bool).triu(1).expand(r, t, t)
+    zeros = torch.zeros(r, t, dtype=torch.bool)
+    dec = DecoderInput(tokens, torch.zeros_like(tokens), zeros, zeros.short(), zeros.long(), causal)
+    return model.decode(dec, context, enc)
+
+
+@pytest.mark.parametrize("flavour", ["gelu", "swiglu_qknorm_nobias"])
+def test_steps_equal_full_decoder_over_the_prefix_fp32(flavour):
+    model = _model(flavour)
+    context, enc = _context(model)
+    tokens = torch.randn(3, 6, model.config.dim, generator=torch.Generator().manual_seed(2))
+    decoder = model.incremental_decoder(context, enc, max_tokens=6)
+    steps = torch.stack([decoder.step(tokens[:, t : t + 1]) for t in range(6)], dim=1)
+    full = _full_decode(model, tokens, context, enc)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(decoder.logits(steps[:, -1], "caption"), model.logits(full[:, -1], "caption"),
+                               atol=1e-4, rtol=1e-5)
+
+
+def test_bf16_autocast_matches_the_autocast_reference_and_packs_weights_on_cpu():
+    model = _model("gelu")
+    context, enc = _context(model)
+    tokens = torch.randn(3, 5, model.config.dim, generator=torch.Generator().manual_seed(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        decoder = model.incremental_decoder(context, enc, max_tokens=5)
+        steps = torch.stack([decoder.step(tokens[:, t : t + 1]) for t in range(5)], dim=1)
+        full = _full_decode(model, tokens, context, enc).float()
+        logits = decoder.logits(steps[:, -1], "caption")
+        reference = model.logits(full[:, -1], "caption").float()
+    assert decoder.dtype == torch.bfloat16
+    if torch.backends.mkldnn.is_available():
+        assert decoder.packed
+    fp32 = _full_decode(model, tokens, context, enc)
+    # Both are bf16 computations of the fp32 result: the same size of error, far below the signal.
+    err_steps, err_ref = (steps - fp32).abs().max(), (full - fp32).abs().max()
+    assert err_steps < 3 * err_ref + 1e-3, (err_steps, err_ref)
+    assert err_steps < 0.05 * fp32.abs().max()
+    assert (logits - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+def test_bad_use_is_named():
+    model = _model("gelu")
+    context, enc = _context(model)
+    decoder = model.incremental_decoder(context, enc, max_tokens=1)
+    with pytest.raises(ValueError, match="one token per row"):
+        decoder.step(torch.zeros(3, 2, model.config.dim))
+    decoder.step(torch.zeros(3, 1, model.config.dim))
+    with pytest.raises(ValueError, match="sized for 1 tokens"):
+        decoder.step(torch.zeros(3, 1, model.config.dim))
+    with pytest.raises(ValueError, match="max_tokens"):
+        model.incremental_decoder(context, enc, max_tokens=0)
+
+
+def test_prepared_weights_are_reused_only_while_the_weights_are_unchanged():
+    model = _model("gelu")
+    context, enc = _context(model)
+    x = torch.randn(3, 1, model.config.dim, generator=torch.Generator().manual_seed(4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first = model.incremental_decoder(context, enc, max_tokens=1)
+        again = model.incremental_decoder(context, enc, max_tokens=1)
+        assert again.blocks[0].fc1.weight is first.blocks[0].fc1.weight
+        before = again.step(x)
+        with torch.no_grad():
+            model.decoder[0].mlp.fc1.weight.mul_(-1.0)  # an in-place change (what an optimizer step does)
+        changed = model.incremental_decoder(context, enc, max_tokens=1)
+        assert changed.blocks[0].fc1.weight is not first.blocks[0].fc1.weight
+        after = changed.step(x)
+        reference = _full_decode(model, x, context, enc).float()[:, 0]
+    assert (after - before).abs().max() > 10 * (after - reference).abs().max()
