@@ -3,7 +3,12 @@
 Model: tiny preset, GELU with biases (dim 384, 6+6 layers, 6 heads), inputs {rgb@224, tok_rgb@224,
 tok_depth@224, caption, det}, targets {tok_rgb@224, tok_depth@224, caption, det}, decoder embeddings
 tied (90.25M parameters, as the official trainer builds it), AdamW. Each precision runs in its own
-process so the peak memory (max RSS) belongs to it alone.
+process so the peak memory belongs to it alone: "peak mem" is that process's peak RSS (ru_maxrss, in
+GB of 2^30 bytes), libtorch, the model, the optimizer state and every step included, as the official
+figures were measured. The FlopCounterMode step (the first training step) and the matmul ceiling
+(measured after the timed steps) were checked not to raise it (within 0.01 GB). The child process
+runs with MKL's buffer cache off, as every process that imports open4m before torch does (see
+open4m/__init__.py).
 
 Run:  python benchmarks/train_step.py [--steps 12] [--warmup 3] [--variants fp32,fp32+sib,bf16,bf16+sib]
 Prints: median step time (forward + backward + optimizer step), tokens/s, peak memory, achieved GFLOP/s
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -150,7 +156,8 @@ def main() -> None:
     for variant in args.variants.split(","):
         out = subprocess.run([sys.executable, __file__, "--child", variant, "--steps", str(args.steps),
                               "--warmup", str(args.warmup), "--device", args.device, "--batch", str(args.batch)],
-                             capture_output=True, text=True, check=True)
+                             capture_output=True, text=True, check=True,
+                             env={"MKL_DISABLE_FAST_MM": "1", **os.environ})
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     r0 = rows[0]
     print(f"tiny 4M (GELU, tied heads, {r0['params_M']:.2f}M params), batch {r0['batch']}, {N_IN}+{N_OUT} tokens, "

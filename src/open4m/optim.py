@@ -6,9 +6,16 @@ learned position embeddings *are* decayed, as in the official recipe.
 
 :class:`StepInBackward` applies the AdamW update to each parameter as soon as its gradient is
 complete during ``backward()`` and frees that gradient at once, so the gradients of the whole model
-never exist together (for the tiny benchmark model: ~360 MB less peak memory in fp32). The update is
-the same AdamW update, applied per tensor; it cannot be combined with gradient clipping by global
-norm or with gradient accumulation, which need every gradient before any step.
+never exist together. The update is the same AdamW update, applied per tensor; it cannot be combined
+with gradient clipping by global norm or with gradient accumulation, which need every gradient before
+any step. It lowers the memory at the end of backward (all gradients, ~360 MB for the tiny benchmark
+model in fp32), not the step's peak, which for 4M comes earlier: at the end of the forward pass and the
+start of backward, with every activation alive and few gradients yet.
+
+Both optimizers create their state (``exp_avg``, ``exp_avg_sq``: two float32 copies of every
+parameter) when built, as torch would at the first step, with the same zeros. Built lazily inside the
+first step, these long-lived tensors land between that step's activations and gradients, and the holes
+they leave in the heap raise the process's peak memory on every later step.
 """
 
 from __future__ import annotations
@@ -41,7 +48,27 @@ def adamw(model: nn.Module, lr: float, weight_decay: float = 0.05, betas=(0.9, 0
     groups = param_groups(model, weight_decay)
     if fused is None:
         fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
+    return init_state(torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused))
+
+
+def init_state(opt: torch.optim.AdamW) -> torch.optim.AdamW:
+    """Create the AdamW state of every parameter now, exactly as torch's first ``step()`` would (same zeros).
+
+    Parameters that already have state (e.g. loaded with ``load_state_dict``) are left alone.
+    """
+    for group in opt.param_groups:
+        if group["amsgrad"]:
+            raise ValueError("init_state does not create amsgrad state")
+        for p in group["params"]:
+            if opt.state[p]:
+                continue
+            on_device = group["capturable"] or group["fused"]
+            float64 = not group["fused"] and torch.get_default_dtype() == torch.float64
+            step = torch.zeros((), dtype=torch.float64 if float64 else torch.float32,
+                               device=p.device if on_device else "cpu")
+            opt.state[p] = {"step": step, "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+    return opt
 
 
 class StepInBackward:
@@ -65,8 +92,8 @@ class StepInBackward:
         for group in param_groups(model, weight_decay):
             for p in group["params"]:
                 fused = p.device.type in ("cpu", "cuda")
-                self.optimizers[p] = torch.optim.AdamW([p], lr=lr, betas=betas, eps=eps,
-                                                       weight_decay=group["weight_decay"], fused=fused)
+                self.optimizers[p] = init_state(torch.optim.AdamW([p], lr=lr, betas=betas, eps=eps,
+                                                                  weight_decay=group["weight_decay"], fused=fused))
                 self.handles.append(p.register_post_accumulate_grad_hook(self._step))
 
     def _step(self, p: nn.Parameter) -> None:

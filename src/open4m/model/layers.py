@@ -74,7 +74,15 @@ class LayerNorm(nn.Module):
 
 
 class Mlp(nn.Module):
-    """fc1 → activation → fc2."""
+    """fc1 → activation → fc2, storing one hidden activation for backward instead of two.
+
+    Autograd would keep both the activation's input ``h = fc1(x)`` (for the activation's gradient)
+    and its output ``act(h)`` (for fc2's weight gradient), two (..., hidden) tensors per block. Here
+    fc2 saves a reference to ``h`` instead and backward recomputes ``act(h)`` from it: the same
+    elementwise op on the same tensor, so outputs and gradients are bitwise those of the plain
+    module, at the cost of one activation pass. For the tiny 4M benchmark model (batch 8, 128+128
+    tokens) this keeps 72 MB less in fp32 until backward.
+    """
 
     def __init__(self, dim: int, hidden: int, act_layer: type[nn.Module], bias: bool = True) -> None:
         super().__init__()
@@ -83,7 +91,37 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        """(..., dim) → (..., dim)."""
+        h = self.fc1(x)
+        a = self.act(h)
+        if not (torch.is_grad_enabled() and a.requires_grad):
+            return self.fc2(a)
+        with torch.autograd.graph.saved_tensors_hooks(_RecomputeActivation(self.act, h, a).pack, _unpack):
+            return self.fc2(a)
+
+
+class _RecomputeActivation:
+    """Saved-tensor pack hook: ``a = act(h)`` (or a view of it, as ``linear`` saves for 3-D inputs) is
+    saved as a recipe (act, h, view geometry); any other saved tensor (fc2's weight) as itself.
+
+    Autograd keeps the hook object as long as the graph, so it holds the address of ``a``, not ``a``.
+    """
+
+    def __init__(self, act: nn.Module, h: torch.Tensor, a: torch.Tensor) -> None:
+        self.act, self.h = act, h
+        self.storage, self.dtype = a.untyped_storage().data_ptr(), a.dtype
+
+    def pack(self, t: torch.Tensor):
+        if t.dtype == self.dtype and t.untyped_storage().data_ptr() == self.storage:
+            return self.act, self.h, t.shape, t.stride(), t.storage_offset()
+        return t
+
+
+def _unpack(saved):
+    if isinstance(saved, torch.Tensor):
+        return saved
+    act, h, shape, stride, offset = saved
+    return act(h).as_strided(shape, stride, offset)
 
 
 class GatedMlp(nn.Module):
