@@ -9,6 +9,9 @@ glibc returns freed blocks above ``M_MMAP_THRESHOLD`` (at most 32 MB by default)
 once, so a training step that frees and re-allocates its large gradient and logits buffers pays a
 page fault per 4 KB page every step. On a 2-core machine this cost a tiny 4M model ~40% of its step
 time; raising the thresholds keeps those pages in the process after the first step.
+
+The one setting that must come before torch loads, MKL's buffer cache, is made by importing :mod:`open4m`
+(see its docstring).
 """
 
 from __future__ import annotations
