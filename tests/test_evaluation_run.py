@@ -14,6 +14,7 @@ from open4m.evaluation import evaluate_model, format_table, load_results, not_be
 from open4m.evaluation import run as run_module
 from open4m.evaluation.tasks import METRICS, TASKS, plan_tasks
 from open4m.generation.prompt import GenerationResult
+from open4m.generation.runner import RGB_GUIDANCE
 from open4m.model import FourM, preset, save_pretrained
 from open4m.pixels import to_model_pixels
 from open4m.shipped import world_tokenizers_dir
@@ -182,8 +183,11 @@ def test_rgb_generation_settings_reach_the_target_specs_and_the_results(samples,
     assert {k: results["settings"][k] for k in ("rgb_temperature", "rgb_steps", "rgb_guidance")} == \
         {"rgb_temperature": 0.7, "rgb_steps": 5, "rgb_guidance": 2.5}
     specs.clear()
-    defaults = evaluate_model(tiny_model(), tokenizers, samples, num_scenes=1, steps=3, tasks=["depth->rgb"])
-    assert defaults["settings"]["rgb_steps"] == 3 and [s.steps for s in specs if s.name == "tok_rgb@64"] == [3]
+    defaults = evaluate_model(tiny_model(), tokenizers, samples, num_scenes=1, tasks=["depth->rgb"])
+    assert [(s.name, s.steps, s.temperature, s.guidance) for s in specs] == \
+        [("tok_rgb@64", 8, 1.0, RGB_GUIDANCE), ("tok_depth@64", 1, 0.0, 1.0)]
+    assert {k: defaults["settings"][k] for k in ("steps", "temperature", "rgb_steps", "rgb_guidance")} == \
+        {"steps": 1, "temperature": 0.0, "rgb_steps": 8, "rgb_guidance": RGB_GUIDANCE}
     with pytest.raises(ValueError, match="rgb_steps must be >= 1"):
         evaluate_model(tiny_model(), tokenizers, samples, rgb_steps=0)
 

@@ -259,12 +259,14 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
     p.add_argument("--baseline", help="results.json (or its folder) of an untrained model: adds a column")
     p.add_argument("--batch-size", type=int, default=16, help="scenes per generation call (default 16)")
-    p.add_argument("--steps", type=int, default=8, help="MaskGIT steps per image target (default 8)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    p.add_argument("--steps", type=int, default=1,
+                   help="MaskGIT steps per predicted image target (default 1: every token at once)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature of the predictions (default 0: greedy)")
     p.add_argument("--rgb-temperature", type=float, default=1.0,
                    help="sampling temperature of generated RGB in the X->RGB tasks (default 1; greedy collapses)")
-    p.add_argument("--rgb-steps", type=int,
-                   help="MaskGIT steps of generated RGB in the X->RGB tasks (default: --steps)")
+    p.add_argument("--rgb-steps", type=int, default=8, help="MaskGIT steps of generated RGB in the X->RGB tasks "
+                   "(default 8)")
     p.add_argument("--rgb-guidance", type=float, default=RGB_GUIDANCE,
                    help=f"classifier-free guidance scale of generated RGB on its condition (default {RGB_GUIDANCE:g}; "
                    "1 = none)")

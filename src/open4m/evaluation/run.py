@@ -2,8 +2,9 @@
 
 Scenes are taken in batches; per batch every runnable task (:mod:`open4m.evaluation.tasks`) generates its
 target with :func:`open4m.generation.prompt.generate` (MaskGIT for image tokens, autoregressive for
-sequences; temperature 0 = greedy by default for predictions, while generated RGB images are sampled at
-``rgb_temperature``, since greedy MaskGIT collapses an image to its most likely flat layout), decodes it
+sequences; by default predictions are greedy, image ones in a single step, while generated RGB images are
+sampled at ``rgb_temperature`` over ``rgb_steps`` with classifier-free guidance ``rgb_guidance``, since greedy
+MaskGIT collapses an image to its most likely flat layout and unguided captions barely steer it), decodes it
 with the tokenizer set, and adds to pooled statistics, so memory does not grow with the number of scenes.
 Each row's random generator is seeded with ``seed + scene index``: results do not depend on the batch size.
 """
@@ -66,12 +67,10 @@ class _Pool:
 
 class _Evaluator:
     def __init__(self, model, tokenizers, plan, *, batch_size: int, steps: int, temperature: float, seed: int,
-                 min_class_pixels: int, rgb_temperature: float = 1.0, rgb_steps: int | None = None,
-                 rgb_guidance: float = 1.0) -> None:
+                 min_class_pixels: int, rgb_temperature: float, rgb_steps: int, rgb_guidance: float) -> None:
         self.model, self.tok, self.plan = model, tokenizers, plan
         self.batch_size, self.steps, self.temperature, self.seed = batch_size, steps, temperature, seed
-        self.rgb_temperature, self.rgb_guidance = rgb_temperature, rgb_guidance
-        self.rgb_steps = steps if rgb_steps is None else rgb_steps
+        self.rgb_temperature, self.rgb_steps, self.rgb_guidance = rgb_temperature, rgb_steps, rgb_guidance
         self.min_class_pixels = min_class_pixels
         self.pool = _Pool()
         self.seconds = {task: 0.0 for task in plan.tasks}
@@ -263,10 +262,10 @@ def evaluate_model(
     num_scenes: int = 32,
     batch_size: int = 16,
     *,
-    steps: int = 8,
+    steps: int = 1,
     temperature: float = 0.0,
     rgb_temperature: float = 1.0,
-    rgb_steps: int | None = None,
+    rgb_steps: int = 8,
     rgb_guidance: float = RGB_GUIDANCE,
     seed: int = 0,
     tasks: list[str] | None = None,
@@ -283,9 +282,10 @@ def evaluate_model(
             :func:`open4m.vq.samples.world_shard_samples` of held-out shards.
         num_scenes: how many scenes to use (fewer when ``samples`` runs out first).
         batch_size: scenes per generation call.
-        steps, temperature: MaskGIT steps per image target; sampling temperature (0 = greedy) of the predictions.
-        rgb_temperature: sampling temperature of generated RGB (the X->RGB tasks).
-        rgb_steps: MaskGIT steps of generated RGB (None = ``steps``).
+        steps, temperature: MaskGIT steps per predicted image target (RGB->X and the judges); sampling temperature
+            (0 = greedy) of the predictions. Greedy in one step (every token at once) scored at least as well as
+            8 or 16 steps on the shipped model and is the fastest.
+        rgb_temperature, rgb_steps: sampling temperature and MaskGIT steps of generated RGB (the X->RGB tasks).
         rgb_guidance: classifier-free guidance scale of generated RGB on its condition (caption, depth or
             semseg; the unconditional branch has that condition emptied; 1 = no guidance; the default
             :data:`open4m.generation.runner.RGB_GUIDANCE` is what makes captions steer the shipped model's images).
@@ -302,7 +302,6 @@ def evaluate_model(
     Raises ValueError when no task can run or there are no samples.
     """
     tune_cpu()
-    rgb_steps = steps if rgb_steps is None else rgb_steps
     if num_scenes < 1 or batch_size < 1 or steps < 1 or rgb_steps < 1:
         raise ValueError(f"num_scenes, batch_size, steps and rgb_steps must be >= 1, got {num_scenes}, {batch_size}, "
                          f"{steps}, {rgb_steps}")
