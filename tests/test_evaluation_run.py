@@ -14,6 +14,7 @@ from open4m.evaluation import evaluate_model, format_table, load_results, not_be
 from open4m.evaluation import run as run_module
 from open4m.evaluation.tasks import METRICS, TASKS, plan_tasks
 from open4m.generation.prompt import GenerationResult
+from open4m.generation.runner import RGB_GUIDANCE
 from open4m.model import FourM, preset, save_pretrained
 from open4m.pixels import to_model_pixels
 from open4m.shipped import world_tokenizers_dir
@@ -165,6 +166,32 @@ def test_caption_to_rgb_without_a_det_head_keeps_the_semseg_metrics(samples, tok
     assert "det@64" in results["skipped"]["caption->rgb/class_agreement"]
 
 
+def test_rgb_generation_settings_reach_the_target_specs_and_the_results(samples, tokenizers, monkeypatch):
+    oracle, specs = Oracle(samples, tokenizers), []
+
+    def recording(model, conditions, targets, **kwargs):
+        specs.append(targets[0])
+        return oracle(model, conditions, targets, **kwargs)
+
+    monkeypatch.setattr(run_module, "generate", recording)
+    results = evaluate_model(tiny_model(), tokenizers, samples, num_scenes=2, steps=3,
+                             tasks=["caption->rgb", "depth->rgb"], rgb_temperature=0.7, rgb_steps=5, rgb_guidance=2.5)
+    rgb = [(s.steps, s.temperature, s.guidance) for s in specs if s.name == "tok_rgb@64"]
+    judges = [(s.steps, s.temperature, s.guidance) for s in specs if s.name != "tok_rgb@64"]
+    assert rgb == [(5, 0.7, 2.5)] * 2  # caption->rgb and depth->rgb, one batch each
+    assert judges and set(judges) == {(3, 0.0, 1.0)}  # the judges predict greedily, unguided
+    assert {k: results["settings"][k] for k in ("rgb_temperature", "rgb_steps", "rgb_guidance")} == \
+        {"rgb_temperature": 0.7, "rgb_steps": 5, "rgb_guidance": 2.5}
+    specs.clear()
+    defaults = evaluate_model(tiny_model(), tokenizers, samples, num_scenes=1, tasks=["depth->rgb"])
+    assert [(s.name, s.steps, s.temperature, s.guidance) for s in specs] == \
+        [("tok_rgb@64", 8, 1.0, RGB_GUIDANCE), ("tok_depth@64", 1, 0.0, 1.0)]
+    assert {k: defaults["settings"][k] for k in ("steps", "temperature", "rgb_steps", "rgb_guidance")} == \
+        {"steps": 1, "temperature": 0.0, "rgb_steps": 8, "rgb_guidance": RGB_GUIDANCE}
+    with pytest.raises(ValueError, match="rgb_steps must be >= 1"):
+        evaluate_model(tiny_model(), tokenizers, samples, rgb_steps=0)
+
+
 # ------------------------------------------------------------------ report
 def fake_results(value, skipped=None):
     return {"num_scenes": 2, "settings": {"steps": 2, "temperature": 0.0, "seed": 0},
@@ -244,3 +271,14 @@ def test_cli_errors_are_clear(tmp_path, val_dir, capsys):
     code, out = run_cli(["--model", model_dir, "--data", empty, "--out", tmp_path / "o"], capsys)
     assert code == 2 and "no world shards" in out
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_rgb_generation_flags_reach_the_results(tmp_path, val_dir, capsys):
+    model_dir = save_pretrained(tiny_model(), tmp_path / "model")
+    code, out = run_cli(["--model", model_dir, "--data", val_dir, "--num-scenes", 1, "--out", tmp_path / "eval",
+                         "--steps", 1, "--tasks", "depth->rgb", "--rgb-steps", 2, "--rgb-guidance", 2.5,
+                         "--rgb-temperature", 0.5], capsys)
+    assert code == 0, out
+    settings = load_results(tmp_path / "eval")["settings"]
+    assert (settings["steps"], settings["rgb_steps"], settings["rgb_guidance"], settings["rgb_temperature"]) == \
+        (1, 2, 2.5, 0.5)

@@ -170,6 +170,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _add_generate_parser(sub) -> None:
+    from open4m.generation.runner import RGB_GUIDANCE
+
     p = sub.add_parser("generate", help="generate modalities from conditions with a 4M model; writes a PNG grid")
     p.add_argument("--model", help="model folder (config.json + model.safetensors); default: the shipped world model")
     p.add_argument("--from", dest="conditions", action="append", default=[], metavar="NAME=VALUE",
@@ -184,7 +186,9 @@ def _add_generate_parser(sub) -> None:
     p.add_argument("--scheme", choices=["maskgit", "roar"], help="image decoding scheme (default maskgit)")
     p.add_argument("--steps", type=int, default=8, help="decoding steps per image target (default 8)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--guidance", type=float,
+                   help="classifier-free guidance scale of every target (1 = none; default: "
+                   f"{RGB_GUIDANCE:g} for RGB targets, 1 for the others)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_generate)
@@ -231,8 +235,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     results = evaluate_folder(args.model, args.data, args.out, tokenizers_dir=args.tokenizers, device=args.device,
                               num_scenes=args.num_scenes, overwrite=args.overwrite, baseline=args.baseline,
                               batch_size=args.batch_size, steps=args.steps, temperature=args.temperature,
-                              rgb_temperature=args.rgb_temperature,
-                              seed=args.seed, progress=args.progress,
+                              rgb_temperature=args.rgb_temperature, rgb_steps=args.rgb_steps,
+                              rgb_guidance=args.rgb_guidance, seed=args.seed, progress=args.progress,
                               tasks=args.tasks.split(",") if args.tasks else None)
     print(format_table(results), end="")
     print(f"{results['num_scenes']} scenes in {results['seconds']['total']:.1f} s; report in {args.out}")
@@ -240,6 +244,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _add_eval_parser(sub) -> None:
+    from open4m.generation.runner import RGB_GUIDANCE
+
     p = sub.add_parser("eval", help="evaluate a world 4M model on held-out world scenes (metrics + tokenizer ceilings)",
                        description="RGB->depth/normal/semseg/boxes/caption, caption->RGB and depth/semseg->RGB "
                        "consistency on held-out world scenes, each metric beside its tokenizer ceiling. Writes "
@@ -253,10 +259,17 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
     p.add_argument("--baseline", help="results.json (or its folder) of an untrained model: adds a column")
     p.add_argument("--batch-size", type=int, default=16, help="scenes per generation call (default 16)")
-    p.add_argument("--steps", type=int, default=8, help="MaskGIT steps per image target (default 8)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    p.add_argument("--steps", type=int, default=1,
+                   help="MaskGIT steps per predicted image target (default 1: every token at once)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature of the predictions (default 0: greedy)")
     p.add_argument("--rgb-temperature", type=float, default=1.0,
                    help="sampling temperature of generated RGB in the X->RGB tasks (default 1; greedy collapses)")
+    p.add_argument("--rgb-steps", type=int, default=8, help="MaskGIT steps of generated RGB in the X->RGB tasks "
+                   "(default 8)")
+    p.add_argument("--rgb-guidance", type=float, default=RGB_GUIDANCE,
+                   help=f"classifier-free guidance scale of generated RGB on its condition (default {RGB_GUIDANCE:g}; "
+                   "1 = none)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="cpu", help="device of the model and image tokenizers: cpu or cuda")
     p.add_argument("--tasks", help="comma-separated subset, e.g. rgb->depth,caption->rgb (default: all)")

@@ -8,6 +8,7 @@ from PIL import Image
 from generation_helpers import FIXTURES, small_model, text_tokenizer
 from open4m import viz
 from open4m.cli import main
+from open4m.generation import runner
 from open4m.model import save_pretrained
 
 
@@ -70,6 +71,25 @@ def test_cli_generate_from_token_file_to_all(model_dir, tmp_path):
     assert main(["generate", "--model", str(model_dir), "--from", f"tok_rgb@224={tokens}", "--to", "all",
                  "--out", str(out), "--steps", "1", "--temperature", "0", "--text-tokenizer", tok_path]) == 0
     assert Image.open(out).size[0] == 4 * (viz.TILE + 4) + 4  # rgb tokens in, depth + caption + det out
+
+
+def test_cli_generate_guidance_reaches_every_target_and_defaults_to_rgb_only(model_dir, tmp_path, monkeypatch):
+    text_tokenizer()
+    specs, real = [], runner.generate
+
+    def recording(model, conditions, targets, **kwargs):
+        specs.extend(targets)
+        return real(model, conditions, targets, **kwargs)
+
+    monkeypatch.setattr(runner, "generate", recording)
+    args = ["generate", "--model", str(model_dir), "--from", "caption=a red cube", "--to", "depth,rgb", "--steps", "1",
+            "--text-tokenizer", str(FIXTURES / "official-text-tokenizer-wordpiece-30k.json")]
+    assert main([*args, "--out", str(tmp_path / "a.png")]) == 0
+    assert [(s.name, s.guidance) for s in specs] == [("tok_depth@224", 1.0), ("tok_rgb@224", runner.RGB_GUIDANCE)]
+    assert runner.RGB_GUIDANCE != 1.0
+    specs.clear()
+    assert main([*args, "--out", str(tmp_path / "b.png"), "--guidance", "2.5"]) == 0
+    assert [(s.name, s.guidance) for s in specs] == [("tok_depth@224", 2.5), ("tok_rgb@224", 2.5)]
 
 
 def test_grid_shows_token_maps_before_image_tokenizers_exist():
