@@ -73,7 +73,7 @@ def test_cli_generate_from_token_file_to_all(model_dir, tmp_path):
     assert Image.open(out).size[0] == 4 * (viz.TILE + 4) + 4  # rgb tokens in, depth + caption + det out
 
 
-def test_cli_generate_guidance_reaches_every_target_and_defaults_to_rgb_only(model_dir, tmp_path, monkeypatch):
+def test_cli_generate_guidance_reaches_every_target_and_defaults_to_images_from_words_and_rgb(model_dir, tmp_path, monkeypatch):
     text_tokenizer()
     specs, real = [], runner.generate
 
@@ -85,8 +85,12 @@ def test_cli_generate_guidance_reaches_every_target_and_defaults_to_rgb_only(mod
     args = ["generate", "--model", str(model_dir), "--from", "caption=a red cube", "--to", "depth,rgb", "--steps", "1",
             "--text-tokenizer", str(FIXTURES / "official-text-tokenizer-wordpiece-30k.json")]
     assert main([*args, "--out", str(tmp_path / "a.png")]) == 0
-    assert [(s.name, s.guidance) for s in specs] == [("tok_depth@224", 1.0), ("tok_rgb@224", runner.RGB_GUIDANCE)]
-    assert runner.RGB_GUIDANCE != 1.0
+    guided = runner.RGB_GUIDANCE
+    assert [(s.name, s.guidance) for s in specs] == [("tok_depth@224", guided), ("tok_rgb@224", guided)]
+    assert guided != 1.0
+    assert runner.default_guidance("caption", ["det"]) == runner.default_guidance("det", ["caption"]) == 1.0
+    assert runner.default_guidance("tok_depth@224", ["rgb@224"]) == 1.0  # predicted from an image: unguided
+    assert runner.default_guidance("tok_rgb@224", ["tok_depth@224"]) == guided
     specs.clear()
     assert main([*args, "--out", str(tmp_path / "b.png"), "--guidance", "2.5"]) == 0
     assert [(s.name, s.guidance) for s in specs] == [("tok_depth@224", 2.5), ("tok_rgb@224", 2.5)]

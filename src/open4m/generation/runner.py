@@ -112,10 +112,17 @@ def find_text_tokenizer(model_dir: str | os.PathLike, path: str | os.PathLike | 
     return None
 
 
-def default_guidance(name: str) -> float:
-    """The classifier-free guidance scale a target gets when none is asked for: :data:`RGB_GUIDANCE` for
-    generated RGB tokens (``tok_rgb@*``), 1 (none) for every other target."""
-    return RGB_GUIDANCE if name.split("@")[0] == "tok_rgb" else 1.0
+def default_guidance(name: str, given: Sequence[str] = ()) -> float:
+    """The classifier-free guidance scale a target gets when none is asked for, given the prompt's conditions
+    ``given``: :data:`RGB_GUIDANCE` (measured for generated RGB on the shipped model) for RGB tokens
+    (``tok_rgb@*``) and for any image-token target of a prompt without image conditions (unguided, the shipped
+    model's caption -> depth chain draws an empty floor and the RGB that follows stays empty); 1 (none) for
+    sequences and for image targets predicted from an image, which the image already determines (guiding them
+    would double their cost)."""
+    if modalities.get(name).kind != "image_tokens":
+        return 1.0
+    words_only = all(modalities.get(c).kind == "sequence" for c in given)
+    return RGB_GUIDANCE if name.split("@")[0] == "tok_rgb" or words_only else 1.0
 
 
 def resolve_targets(model, names: Sequence[str], given: Sequence[str], guidance: float | None = None,
@@ -131,7 +138,7 @@ def resolve_targets(model, names: Sequence[str], given: Sequence[str], guidance:
     for name in names:
         kind = modalities.get(name).kind
         extra = {k: v for k, v in settings.items() if not (kind == "sequence" and k in ("steps", "token_schedule"))}
-        scale = default_guidance(name) if guidance is None else guidance
+        scale = default_guidance(name, given) if guidance is None else guidance
         specs.append(TargetSpec(name, guidance=scale, **extra))
     return specs
 
