@@ -73,7 +73,8 @@ def test_cli_generate_from_token_file_to_all(model_dir, tmp_path):
     assert Image.open(out).size[0] == 4 * (viz.TILE + 4) + 4  # rgb tokens in, depth + caption + det out
 
 
-def test_cli_generate_guidance_reaches_every_target_and_defaults_to_images_from_words_and_rgb(model_dir, tmp_path, monkeypatch):
+def test_cli_generate_guidance_reaches_every_target_and_defaults_to_words_only_and_rgb(model_dir, tmp_path,
+                                                                                      monkeypatch):
     text_tokenizer()
     specs, real = [], runner.generate
 
@@ -121,3 +122,15 @@ def test_normalised_rgb_input_is_shown_in_its_true_colours():
     normalised = (colour - [0.485, 0.456, 0.406]) / np.array([0.229, 0.224, 0.225])
     image = np.broadcast_to(normalised.astype(np.float32)[:, None, None], (3, 8, 8))
     assert viz.render("rgb@224", image).getpixel((3, 3)) == (204, 51, 25)
+
+
+def test_all_from_words_generates_geometry_first_then_rgb_then_sequences():
+    class _Model:  # resolve_targets reads only the model's outputs
+        decoder_embeddings = dict.fromkeys(["tok_rgb@224", "det", "tok_depth@224", "caption", "tok_semseg@224"])
+
+    names = [s.name for s in runner.resolve_targets(_Model(), ["all"], ["caption"])]
+    assert names == ["tok_depth@224", "tok_semseg@224", "tok_rgb@224", "det"]
+    from_rgb = [s.name for s in runner.resolve_targets(_Model(), ["all"], ["tok_rgb@224"])]
+    assert from_rgb == ["det", "tok_depth@224", "caption", "tok_semseg@224"]  # the model's order
+    assert [s.name for s in runner.resolve_targets(_Model(), ["tok_rgb@224", "depth"], ["caption"])] == [
+        "tok_rgb@224", "tok_depth@224"]  # an explicit order is kept
