@@ -38,13 +38,18 @@ def _full_decode(model: FourM, tokens: torch.Tensor, context: torch.Tensor, enc:
     return model.decode(dec, context, enc)
 
 
+def _stepwise(model: FourM, tokens: torch.Tensor, context: torch.Tensor, enc: EncoderInput):
+    """The incremental decoder's outputs (R, t, D) for tokens (R, t, D), one step per token, and the decoder."""
+    decoder = model.incremental_decoder(context, enc, max_tokens=tokens.shape[1])
+    return torch.stack([decoder.step(tokens[:, t : t + 1]) for t in range(tokens.shape[1])], dim=1), decoder
+
+
 @pytest.mark.parametrize("flavour", ["gelu", "swiglu_qknorm_nobias"])
 def test_steps_equal_full_decoder_over_the_prefix_fp32(flavour):
     model = _model(flavour)
     context, enc = _context(model)
     tokens = torch.randn(3, 6, model.config.dim, generator=torch.Generator().manual_seed(2))
-    decoder = model.incremental_decoder(context, enc, max_tokens=6)
-    steps = torch.stack([decoder.step(tokens[:, t : t + 1]) for t in range(6)], dim=1)
+    steps, decoder = _stepwise(model, tokens, context, enc)
     full = _full_decode(model, tokens, context, enc)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(decoder.logits(steps[:, -1], "caption"), model.logits(full[:, -1], "caption"),
@@ -56,8 +61,7 @@ def test_bf16_autocast_matches_the_autocast_reference_and_packs_weights_on_cpu()
     context, enc = _context(model)
     tokens = torch.randn(3, 5, model.config.dim, generator=torch.Generator().manual_seed(3))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        decoder = model.incremental_decoder(context, enc, max_tokens=5)
-        steps = torch.stack([decoder.step(tokens[:, t : t + 1]) for t in range(5)], dim=1)
+        steps, decoder = _stepwise(model, tokens, context, enc)
         full = _full_decode(model, tokens, context, enc).float()
         logits = decoder.logits(steps[:, -1], "caption")
         reference = model.logits(full[:, -1], "caption").float()

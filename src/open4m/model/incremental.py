@@ -104,15 +104,15 @@ class _Block:
         self.heads = sa.num_heads
         mlp = block.mlp
         exact_gelu = isinstance(mlp.act, nn.GELU) and mlp.act.approximate == "none"
-        self.gated = isinstance(mlp, GatedMlp)
-        fuse = exact_gelu and not self.gated
+        gated = isinstance(mlp, GatedMlp)
+        fuse = exact_gelu and not gated
         self.qkv = _Linear(sa.qkv, dtype, packed)
         self.sa_proj = _Linear(sa.proj, dtype, packed)
         self.q = _Linear(xa.q, dtype, packed)
         self.xa_proj = _Linear(xa.proj, dtype, packed)
         self.fc1 = _Linear(mlp.fc1, dtype, packed, fuse_gelu=fuse)
         self.fc2 = _Linear(mlp.fc2, dtype, packed)
-        self.fc3 = _Linear(mlp.fc3, dtype, packed) if self.gated else None
+        self.fc3 = _Linear(mlp.fc3, dtype, packed) if gated else None
         self.act = None if fuse else mlp.act
         with torch.autocast(context.device.type, dtype=dtype, enabled=dtype != torch.float32):
             k, v = block.cross_kv(context)
