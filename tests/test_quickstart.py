@@ -60,12 +60,61 @@ def test_steps_fill_the_budget():
     assert quickstart_plan.steps_for(1.0, 0.5, 10.0) == quickstart_plan.MIN_STEPS
 
 
+def test_bf16_is_chosen_only_when_it_pays_for_itself():
+    assert quickstart_plan.choose_dtype({"fp32": 0.71, "bf16": 0.42}) == "bf16"
+    assert quickstart_plan.choose_dtype({"fp32": 0.50, "bf16": 0.48}) == "fp32"  # < 1.1x faster
+    assert quickstart_plan.choose_dtype({"fp32": 0.30, "bf16": 0.90}) == "fp32"  # a CPU without bf16 units
+    assert quickstart_plan.choose_dtype({"fp32": 0.30}) == "fp32"
+    assert quickstart_plan.choose_dtype({"bf16": 0.30}) == "bf16"
+
+
+def test_plan_rejects_an_unknown_dtype():
+    with pytest.raises(ValueError, match="dtype must be one of auto, fp32, bf16, got 'fp16'"):
+        plan_settings(fast=True, dtype="fp16")
+
+
+def test_calibration_picks_the_faster_precision_and_the_training_uses_it(tmp_path, monkeypatch):
+    settings = Settings(**{**TINY.to_dict(), "steps": None, "minutes": 2})
+    q = Quickstart(tmp_path / "q", settings, progress=False, log=lambda s: None)
+    q.state["estimate"] = quickstart_plan.estimate(settings, 1)
+    measured = {"fp32": 0.5, "bf16": 0.2}
+    monkeypatch.setattr(q, "_calibrate", lambda dtype: {"seconds_per_step": measured[dtype], "startup_s": 1.0,
+                                                        "wall_s": 3.0})
+    plan = q._plan_training()
+    assert plan["dtype"] == "bf16" and plan["calibration_s_per_step"] == measured
+    budget = 120 - 6.0 - sum(v for k, v in q.state["estimate"].items() if k in STAGES[STAGES.index("train") + 1:])
+    assert plan["train_budget_s"] == round(budget, 1) and plan["steps"] == int((budget - 1.0) / 0.2)
+    q.state["train_plan"] = plan
+    assert q._config(plan["steps"], tmp_path / "t").dtype == "bf16"
+    measured["bf16"] = 0.6
+    assert q._plan_training()["dtype"] == "fp32"
+    fixed = Quickstart(tmp_path / "f", Settings(**{**settings.to_dict(), "dtype": "fp32"}), progress=False,
+                       log=lambda s: None)
+    monkeypatch.setattr(fixed, "_calibrate", lambda dtype: calls.append(dtype) or {"seconds_per_step": 0.5,
+                                                                                   "startup_s": 1.0, "wall_s": 3.0})
+    fixed.state["estimate"] = q.state["estimate"]
+    calls = []
+    assert fixed._plan_training()["dtype"] == "fp32" and calls == ["fp32"]
+
+
+def test_a_run_folder_from_before_the_dtype_setting_continues(tiny_run, tmp_path):
+    out = tmp_path / "old"
+    shutil.copytree(tiny_run[0], out)
+    state = _state(out)
+    del state["settings"]["dtype"]
+    del state["train_plan"]["dtype"]
+    (out / "stages.json").write_text(json.dumps(state))
+    q = Quickstart(out, TINY, progress=False, log=lambda s: None)
+    assert q.state["settings"] == TINY.to_dict() and q._config(2, tmp_path / "t").dtype == "fp32"
+
+
 def test_training_config_is_the_world_recipe_at_quickstart_size(tmp_path):
     c = quickstart_plan.train_config(TINY, tmp_path / "t", tmp_path / "v", tmp_path / "set", tmp_path / "o", 50)
     assert c.model == "tiny_gelu" and c.model_overrides["dim"] == 64 and c.model_overrides["encoder_depth"] == 1
     assert c.domains_in == quickstart_plan.WORLD_INPUTS and c.domains_out == quickstart_plan.WORLD_OUTPUTS
     assert c.masking.endswith("configs/mixtures/world.yaml") and c.steps == 50 and c.warmup_steps == 5
-    assert c.text_tokenizer == str(tmp_path / "set")
+    assert c.text_tokenizer == str(tmp_path / "set") and c.dtype == "fp32"
+    assert quickstart_plan.train_config(TINY, tmp_path, tmp_path, tmp_path, tmp_path, 5, "bf16").dtype == "bf16"
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -121,7 +170,8 @@ def test_stages_up_to_export_make_a_loadable_model_bundle(tiny_run):
     out, lines = tiny_run
     state = _state(out)
     assert list(state["stages"]) == list(STAGES[: STAGES.index("export") + 1])
-    assert state["settings"] == TINY.to_dict() and state["train_plan"] == {"steps": 2, "calibrated": False}
+    assert state["settings"] == TINY.to_dict()
+    assert state["train_plan"] == {"steps": 2, "calibrated": False, "dtype": "fp32"}
     assert state["stages"]["world"]["scenes"] == {"train": 24, "val": 8}
     assert sorted(p.name for p in (out / "data" / "tokens" / "train").glob("*.tar")) == [
         p.name for p in sorted((out / "data" / "world" / "train").glob("*.tar"))]

@@ -321,7 +321,8 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     from open4m.quickstart import run_quickstart
 
     report = run_quickstart(args.out, minutes=args.minutes, fast=args.fast, train_tokenizers=args.train_tokenizers,
-                            overwrite=args.overwrite, workers=args.workers, progress=not args.no_progress)
+                            overwrite=args.overwrite, workers=args.workers, progress=not args.no_progress,
+                            dtype=args.dtype)
     print(f"report: {report}")
     return 0
 
@@ -342,6 +343,9 @@ def _add_quickstart_parser(sub) -> None:
                    help="train the image tokenizers with configs/tokenizers/*.yaml instead of using the shipped "
                    "ones (about 15 min per tokenizer on 2 CPU cores, 4 tokenizers, on top of the budget)")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier quickstart run in --out and start over")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="training precision: fp32, bf16 autocast, or auto (default): the faster of the two in a "
+                   "short calibration on this machine")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="processes for rendering and tokenizing (default: the CPU count, at most 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -6,9 +6,9 @@ Stages, in order (each reuses what an earlier run of the same folder finished):
 2. ``tokenizers``: the shipped world tokenizer set, or with ``train_tokenizers`` image tokenizers trained with
    ``configs/tokenizers/*.yaml`` (:func:`open4m.vq.train.train_tokenizer`) saved as a set in ``OUT/tokenizers``;
 3. ``tokenize``: token shards, ``OUT/data/tokens/{train,val}`` (:func:`open4m.data.pretokenize.pretokenize`);
-4. ``train``: a few calibration steps measure this machine, then the world recipe trains for the steps the budget
-   leaves (:mod:`open4m.quickstart_plan`), checkpoints and ``loss.png`` in ``OUT/train`` (:func:`open4m.train.train`;
-   an interrupted run resumes from its last checkpoint);
+4. ``train``: a few calibration steps in fp32 and in bf16 autocast measure this machine, then the world recipe
+   trains in the faster precision for the steps the budget leaves (:mod:`open4m.quickstart_plan`), checkpoints and
+   ``loss.png`` in ``OUT/train`` (:func:`open4m.train.train`; an interrupted run resumes from its last checkpoint);
 5. ``export``: ``OUT/model``: config.json + model.safetensors (float16, tied heads once) and the tokenizer set in
    ``OUT/model/tokenizers``, so ``open4m generate --model OUT/model`` works;
 6. ``evaluate``: the exported model and the untrained initial model (same seed, same scenes) on held-out scenes,
@@ -78,6 +78,7 @@ class Quickstart:
                                   "write into it (even with --overwrite); use an empty or new --out folder")
         if state_path.is_file():
             state = _read_state(state_path)
+            state["settings"] = planning.with_defaults(state["settings"])  # runs from before a setting existed
             if overwrite:
                 self.log(f"--overwrite: removing the quickstart run in {out}")
                 for name in OWN_ENTRIES:
@@ -236,9 +237,12 @@ class Quickstart:
             seconds[split] = round(report.seconds, 2)
         return {"seconds_per_split": seconds}
 
-    def _config(self, steps: int, out_dir: Path):
+    def _config(self, steps: int, out_dir: Path, dtype: str | None = None):
+        """The training config; ``dtype`` defaults to the planned precision (fp32 for runs planned before there
+        was a choice)."""
+        dtype = dtype or self.state.get("train_plan", {}).get("dtype", "fp32")
         return planning.train_config(self.settings, self.tokens / "train", self.tokens / "val", self.tokenizer_dir,
-                                     out_dir, steps)
+                                     out_dir, steps, dtype)
 
     def stage_train(self) -> dict:
         from open4m import train_state
@@ -264,18 +268,40 @@ class Quickstart:
                 "last_loss": train_losses[-1], "val_loss": val[-1] if val else None}
 
     def _plan_training(self) -> dict:
-        """Training steps: fixed by the settings, or a calibration run measures seconds per step and the steps
-        fill what the budget leaves after the later stages' estimates."""
+        """Training steps and precision: fixed by the settings, or a calibration run per candidate precision
+        measures seconds per step; the faster precision is chosen and the steps fill what the budget leaves after
+        the later stages' estimates."""
         s = self.settings
         if s.steps is not None:
-            return {"steps": s.steps, "calibrated": False}
+            return {"steps": s.steps, "calibrated": False, "dtype": "fp32" if s.dtype == "auto" else s.dtype}
+        candidates = ("fp32", "bf16") if s.dtype == "auto" else (s.dtype,)
+        measured = {dtype: self._calibrate(dtype) for dtype in candidates}
+        dtype = planning.choose_dtype({k: v["seconds_per_step"] for k, v in measured.items()})
+        seconds_per_step, startup = measured[dtype]["seconds_per_step"], measured[dtype]["startup_s"]
+        estimate = self.state["estimate"]
+        spent = sum(v["seconds"] for k, v in self.state["stages"].items() if k != "tokenizers")
+        spent += sum(v["wall_s"] for v in measured.values())
+        later = sum(estimate[k] for k in STAGES[STAGES.index("train") + 1:])
+        seconds = s.minutes * 60 - spent - later
+        steps = planning.steps_for(seconds, seconds_per_step, startup)
+        speeds = ", ".join(f"{k} {v['seconds_per_step']:.2f} s/step" for k, v in measured.items())
+        self.log(f"  calibration: {speeds} -> {dtype}; {startup:.1f} s startup; {seconds:.0f} s left for "
+                 f"training -> {steps} steps (~{steps * seconds_per_step / 60:.1f} min)")
+        return {"steps": steps, "calibrated": True, "dtype": dtype, "seconds_per_step": round(seconds_per_step, 4),
+                "calibration_s_per_step": {k: round(v["seconds_per_step"], 4) for k, v in measured.items()},
+                "startup_s": round(startup, 2), "train_budget_s": round(seconds, 1)}
+
+    def _calibrate(self, dtype: str) -> dict:
+        """A short training run in ``dtype``: its median seconds per step after warm-up, the startup seconds
+        (loading, building) and its wall time."""
         from open4m.train import train
 
+        s = self.settings
         calibrate = self.out / "calibrate"
         shutil.rmtree(calibrate, ignore_errors=True)
-        config = dataclasses.replace(self._config(CALIBRATION_STEPS, calibrate), warmup_steps=0, save_every=0,
+        config = dataclasses.replace(self._config(CALIBRATION_STEPS, calibrate, dtype), warmup_steps=0, save_every=0,
                                      val_data=[], plot=False, progress=False)
-        self.log(f"  calibrating: {CALIBRATION_STEPS} training steps")
+        self.log(f"  calibrating: {CALIBRATION_STEPS} training steps in {dtype}")
         start = time.perf_counter()
         train(config)
         wall = time.perf_counter() - start
@@ -284,15 +310,7 @@ class Quickstart:
         seconds_per_step = statistics.median(tokens / r["tokens_per_s"] for r in records[2:])  # after warm-up
         startup = max(0.0, wall - sum(tokens / r["tokens_per_s"] for r in records))
         shutil.rmtree(calibrate, ignore_errors=True)
-        estimate = self.state["estimate"]
-        spent = sum(v["seconds"] for k, v in self.state["stages"].items() if k != "tokenizers") + wall
-        later = sum(estimate[k] for k in STAGES[STAGES.index("train") + 1:])
-        seconds = s.minutes * 60 - spent - later
-        steps = planning.steps_for(seconds, seconds_per_step, startup)
-        self.log(f"  calibration: {seconds_per_step:.2f} s/step, {startup:.1f} s startup; {seconds:.0f} s left for "
-                 f"training -> {steps} steps (~{steps * seconds_per_step / 60:.1f} min)")
-        return {"steps": steps, "calibrated": True, "seconds_per_step": round(seconds_per_step, 4),
-                "startup_s": round(startup, 2), "train_budget_s": round(seconds, 1)}
+        return {"seconds_per_step": seconds_per_step, "startup_s": startup, "wall_s": wall}
 
     def stage_export(self) -> dict:
         import torch
@@ -370,12 +388,13 @@ def _read_state(path: Path) -> dict:
 
 def run_quickstart(out: str | Path = "runs/quickstart", minutes: float | None = None, fast: bool = False,
                    train_tokenizers: bool = False, overwrite: bool = False, workers: int = 1,
-                   progress: bool = True, settings: Settings | None = None, stop_after: str | None = None) -> Path:
+                   progress: bool = True, settings: Settings | None = None, stop_after: str | None = None,
+                   dtype: str = "auto") -> Path:
     """``open4m quickstart``: plan the run for the budget (or use ``settings``), run every unfinished stage of
     the folder ``out`` (up to ``stop_after``) and return the path of ``report.md``.
 
     Raises ValueError / FileExistsError with a clear message for a bad budget or worker count, an unwritable
     or foreign folder, or a folder holding a run with other settings (unless ``overwrite``).
     """
-    settings = settings or planning.plan_settings(minutes, fast, train_tokenizers)
+    settings = settings or planning.plan_settings(minutes, fast, train_tokenizers, dtype)
     return Quickstart(out, settings, workers=workers, overwrite=overwrite, progress=progress).run(stop_after)

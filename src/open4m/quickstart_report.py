@@ -61,6 +61,7 @@ def report_text(out: Path, state: dict, evaluation) -> str:
     plan = state.get("train_plan", {})
     sized = (f", sized to the budget at {plan['seconds_per_step']:.2f} s/step"
              if plan.get("calibrated") else "")
+    precision = "bf16 autocast" if plan.get("dtype") == "bf16" else "fp32"
     verdict = ("Every metric is better than the untrained model's." if not failing
                else f"Not better than the untrained model: {', '.join(failing)}.")
     val = train.get("val_loss")
@@ -68,7 +69,8 @@ def report_text(out: Path, state: dict, evaluation) -> str:
         f"# open4m quickstart\n\n"
         f"A 4M model (tiny_gelu, dim {s['dim']}, {s['depth']}+{s['depth']} blocks, "
         f"{export.get('parameters', 0) / 1e6:.2f}M parameters) trained from scratch on {s['train_scenes']} procedural "
-        f"world scenes for {train.get('steps')} steps (batch {s['batch_size']}{sized}), budget {s['minutes']:g} min. "
+        f"world scenes for {train.get('steps')} steps in {precision} (batch {s['batch_size']}{sized}), "
+        f"budget {s['minutes']:g} min. "
         f"Training loss {train.get('first_loss', float('nan')):.3f} → {train.get('last_loss', float('nan')):.3f}"
         + (f", validation loss {val:.3f}" if val is not None else "") + ".\n\n"
         f"## Metrics on {results['num_scenes']} held-out scenes\n\n"

@@ -139,6 +139,40 @@ def test_activation_checkpointing_gives_the_same_gradients():
             torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("loss_type", ["mod", "token"])
+def test_bf16_cpu_logit_rows_are_padded_without_changing_the_loss(monkeypatch, loss_type):
+    """In bf16 on the CPU each modality's logits rows are padded to a fixed multiple (oneDNN compiles a kernel
+    per shape); the padding rows are left out of the loss, so loss and gradients equal the unpadded ones."""
+    import open4m.model.fourm as fourm
+
+    torch.manual_seed(0)
+    model = FourM(small(tie_decoder_embeddings=True)).train()
+    rows = []
+    for name in (IMG, IMG2, SEQ):
+        model.decoder_embeddings[name].to_logits.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    results = {}
+    for multiple in (1, 8):
+        monkeypatch.setattr(fourm, "BF16_CPU_LOGIT_ROWS_MULTIPLE", multiple)
+        model.zero_grad(set_to_none=True)
+        rows.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, per_mod = model(a_batch(), 16, 40, loss_type=loss_type)
+        loss.backward()
+        results[multiple] = (loss, per_mod, {n: p.grad.clone() for n, p in model.named_parameters()
+                                             if p.grad is not None}, list(rows))
+    (loss1, mods1, grads1, rows1), (loss8, mods8, grads8, rows8) = results[1], results[8]
+    assert rows1 == [15, 30, 15] and rows8 == [16, 32, 16]  # 3 rows x (5, 10, 5) targets; padded to 8s
+    torch.testing.assert_close(loss8, loss1, atol=2e-3, rtol=2e-3)
+    for name in mods1:
+        torch.testing.assert_close(mods8[name], mods1[name], atol=2e-3, rtol=2e-3)
+    assert grads8.keys() == grads1.keys()
+    for name, g in grads1.items():
+        torch.testing.assert_close(grads8[name], g, atol=2e-3, rtol=2e-2, msg=name)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # inference: nothing to compile for
+        assert fourm._logit_rows_multiple(torch.zeros(2, 4)) == 1
+    assert fourm._logit_rows_multiple(torch.zeros(2, 4)) == 1  # fp32: MKL compiles nothing
+
+
 def test_drop_path_is_stochastic_in_training_only():
     torch.manual_seed(0)
     model = FourM(small(drop_path_rate_encoder=0.5, drop_path_rate_decoder=0.5))

@@ -70,6 +70,26 @@ def _rank_valid_first(invalid: torch.Tensor, keep: int) -> torch.Tensor:
     return order[:, :keep]
 
 
+# Rows of the logits matrices in bf16 on the CPU are padded to a multiple of this (see _logit_rows_multiple).
+BF16_CPU_LOGIT_ROWS_MULTIPLE = 64
+
+
+def _logit_rows_multiple(y: torch.Tensor) -> int:
+    """How many rows each modality's logits matrix is padded to a multiple of in the loss: 1 (no padding), or
+    :data:`BF16_CPU_LOGIT_ROWS_MULTIPLE` for bf16 on the CPU.
+
+    There oneDNN builds (JIT-compiles) a kernel for every new matrix shape, ~1-3 ms each, 2-3x the product
+    itself at these sizes; the number of target rows of each modality changes with every masked batch, so
+    without padding the heads' products (forward and both backward products, every modality) met a new shape
+    nearly every step. Padded, the shapes repeat and the kernels are reused. The padding rows repeat a real
+    row and are cut off before the cross-entropy, so the loss and gradients are those of the unpadded rows.
+    """
+    bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if y.device.type == "cpu" and (bf16 or y.dtype == torch.bfloat16) and torch.is_grad_enabled():
+        return BF16_CPU_LOGIT_ROWS_MULTIPLE
+    return 1
+
+
 class FourM(nn.Module):
     """The 4M model. Build it from a :class:`FourMConfig`; names of submodules match the official ones."""
 
@@ -307,15 +327,19 @@ class FourM(nn.Module):
         flat_y = y.reshape(-1, y.shape[-1])
         flat_mod = dec.mod_ids.flatten()
         flat_tgt = dec.target_ids.flatten()
+        multiple = _logit_rows_multiple(flat_y)
         losses, weights = {}, {}
         for name in names:
             rows = (flat_mod == modalities.get(name).id).nonzero().squeeze(1)
-            if rows.numel() == 0:
+            n = rows.numel()
+            if n == 0:
                 losses[name] = flat_y.new_zeros((), dtype=torch.float32)
                 weights[name] = 0
                 continue
-            logits = self.logits(flat_y.index_select(0, rows), name)
-            losses[name] = F.cross_entropy(logits.float(), flat_tgt.index_select(0, rows))
+            if n % multiple:  # repeat the first row; the extra logits are computed and then left out
+                rows = torch.cat([rows, rows[:1].expand(multiple - n % multiple)])
+            logits = self.logits(flat_y.index_select(0, rows), name)[:n]
+            losses[name] = F.cross_entropy(logits.float(), flat_tgt.index_select(0, rows[:n]))
             weights[name] = logits.numel()
         if not losses:
             raise ValueError("no target modality to compute a loss for")
