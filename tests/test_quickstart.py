@@ -42,6 +42,7 @@ def test_plan_scales_with_the_budget():
     assert fast.eval_scenes <= default.eval_scenes
     assert (fast.dim, fast.depth) < (default.dim, default.depth) <= (long.dim, long.depth)
     assert fast.steps is None  # sized after calibration
+    assert fast.dtype == "auto" and plan_settings(fast=True, dtype="bf16").dtype == "bf16"
 
 
 @pytest.mark.parametrize("minutes", [0, -5, float("nan"), float("inf")])
