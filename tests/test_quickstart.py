@@ -59,6 +59,9 @@ def test_plan_rejects_fast_with_minutes():
 def test_steps_fill_the_budget():
     assert quickstart_plan.steps_for(100.0, 0.5, 10.0) == 180
     assert quickstart_plan.steps_for(1.0, 0.5, 10.0) == quickstart_plan.MIN_STEPS
+    assert quickstart_plan.steps_for(100.0, 0.5, 10.0, min_steps=300) == 300
+    assert plan_settings(fast=True).min_steps == quickstart_plan.FAST_MIN_STEPS
+    assert plan_settings().min_steps == quickstart_plan.MIN_STEPS
 
 
 def test_bf16_is_chosen_only_when_it_pays_for_itself():

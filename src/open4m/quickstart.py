@@ -286,10 +286,11 @@ class Quickstart:
         spent += sum(v["wall_s"] for v in measured.values())
         later = sum(estimate[k] for k in STAGES[STAGES.index("train") + 1:])
         seconds = s.minutes * 60 - spent - later
-        steps = planning.steps_for(seconds, seconds_per_step, startup)
+        steps = planning.steps_for(seconds, seconds_per_step, startup, s.min_steps)
         speeds = ", ".join(f"{k} {v['seconds_per_step']:.2f} s/step" for k, v in measured.items())
+        floor = f" (at least {s.min_steps})" if steps == s.min_steps else ""
         self.log(f"  calibration: {speeds} -> {dtype}; {startup:.1f} s startup; {seconds:.0f} s left for "
-                 f"training -> {steps} steps (~{steps * seconds_per_step / 60:.1f} min)")
+                 f"training -> {steps} steps{floor} (~{steps * seconds_per_step / 60:.1f} min)")
         return {"steps": steps, "calibrated": True, "dtype": dtype, "seconds_per_step": round(seconds_per_step, 4),
                 "calibration_s_per_step": {k: round(v["seconds_per_step"], 4) for k, v in measured.items()},
                 "startup_s": round(startup, 2), "train_budget_s": round(seconds, 1)}
