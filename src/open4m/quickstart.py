@@ -42,10 +42,12 @@ STATE_FILE = "stages.json"
 STAGES = ("world", "tokenizers", "tokenize", "train", "export", "evaluate", "samples", "report")
 OWN_ENTRIES = ("data", "tokenizers", "train", "calibrate", "model", "eval", "report.md", "loss.png",
                "samples_rgb_to_all.png", "samples_caption_to_all.png", STATE_FILE)
-CALIBRATION_STEPS = 10
-# Calibration steps left out of the median: first-call costs (allocations; in bf16 oneDNN compiling a kernel per
-# new matrix shape, which the training run, in the same process, mostly finds compiled).
-CALIBRATION_WARMUP = 4
+CALIBRATION_STEPS = 20
+# Calibration steps left out of the median. Measured at the default size in bf16: steps 2-9 took 0.41 s, steps
+# 10-80 0.57-0.58 s (the first steps use batches the loader prepared during start-up; afterwards its worker shares
+# the 2 cores with training), and bf16's first steps also compile oneDNN kernels. A calibration over steps 4-9
+# planned 4,173 steps at 0.39 s for a run whose steps then took 0.50-0.65 s.
+CALIBRATION_WARMUP = 10
 TOKENIZER_CONFIGS = {"rgb": "rgb_fsq.yaml", "depth": "depth.yaml", "normal": "normal.yaml", "semseg": "semseg.yaml"}
 
 
