@@ -6,8 +6,8 @@ mixture, lr 2e-3 with warm-up, cosine to 1e-5, clip 1.0), scaled down to a CPU b
 (``dim`` / ``depth`` below), a small batch, and as many steps as the budget leaves after a calibration of a few
 steps (:func:`steps_for`). The precision is fp32 or bf16 autocast, whichever the calibration measures faster on the
 machine at hand (:func:`choose_dtype`; ``Settings.dtype`` can fix it): on the 2-core development machine (bf16
-matrix units) a default-size step took 0.42 s in bf16 against 0.71 s in fp32, so the same budget trains ~1.7x as
-many steps; on a CPU without bf16 units autocast is slower and fp32 is kept.
+matrix units) a default-size step calibrated at 0.54 s in bf16 against 0.80 s in fp32, so the same budget trains
+~1.5x as many steps; on a CPU without bf16 units autocast is slower and fp32 is kept.
 """
 
 from __future__ import annotations
@@ -93,8 +93,9 @@ class Settings:
 
 
 def with_defaults(stored: dict) -> dict:
-    """Settings stored by an earlier version of open4m, with the defaults of the settings added since (a run
-    folder made before ``dtype`` existed continues with ``dtype="auto"``, its training plan in fp32)."""
+    """Settings stored by an earlier version of open4m, with the defaults of the settings added since: a run
+    folder made before ``dtype`` existed continues with ``dtype="auto"`` and its training plan in fp32; an earlier
+    ``--fast`` folder differs in ``min_steps`` (now :data:`FAST_MIN_STEPS`) and is refused without overwrite."""
     added = {f.name: f.default for f in dataclasses.fields(Settings)
              if f.name not in stored and f.default is not dataclasses.MISSING}
     return {**stored, **added}
