@@ -94,10 +94,10 @@ def test_calibration_picks_the_faster_precision_and_the_training_uses_it(tmp_pat
     assert q._plan_training()["dtype"] == "fp32"
     fixed = Quickstart(tmp_path / "f", Settings(**{**settings.to_dict(), "dtype": "fp32"}), progress=False,
                        log=lambda s: None)
+    calls = []
     monkeypatch.setattr(fixed, "_calibrate", lambda dtype: calls.append(dtype) or {"seconds_per_step": 0.5,
                                                                                    "startup_s": 1.0, "wall_s": 3.0})
     fixed.state["estimate"] = q.state["estimate"]
-    calls = []
     assert fixed._plan_training()["dtype"] == "fp32" and calls == ["fp32"]
 
 

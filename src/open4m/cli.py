@@ -328,6 +328,8 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _add_quickstart_parser(sub) -> None:
+    from open4m.quickstart_plan import DTYPES  # light: dataclasses and YAML, no torch
+
     p = sub.add_parser(
         "quickstart", help="render the world, train a small 4M on it, evaluate it and write a report folder",
         description="Render world scenes, tokenize them (shipped tokenizers), train a small 4M sized to the time "
@@ -343,7 +345,7 @@ def _add_quickstart_parser(sub) -> None:
                    help="train the image tokenizers with configs/tokenizers/*.yaml instead of using the shipped "
                    "ones (about 15 min per tokenizer on 2 CPU cores, 4 tokenizers, on top of the budget)")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier quickstart run in --out and start over")
-    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="training precision: fp32, bf16 autocast, or auto (default): the faster of the two in a "
                    "short calibration on this machine")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
