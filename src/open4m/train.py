@@ -66,13 +66,14 @@ def build_model(c: TrainConfig, log=print) -> FourM:
                     use_act_checkpoint=c.act_checkpoint, **c.model_overrides)
     model = FourM(config)
     if c.pretrained:
-        from open4m.model.checkpoint import read_safetensors
+        from open4m.model.checkpoint import expand_compact, read_safetensors
 
         path = Path(c.pretrained)
         weights = path / "model.safetensors" if path.is_dir() else path
         if not weights.is_file():
             raise FileNotFoundError(f"pretrained: {weights} does not exist")
-        state, _ = read_safetensors(weights)
+        state, metadata = read_safetensors(weights)
+        state = expand_compact(state, metadata, model, str(weights), partial=True)
         own = model.state_dict()
         loaded = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
         model.load_state_dict(loaded, strict=False)

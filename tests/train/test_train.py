@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from open4m import train_state
-from open4m.model import from_pretrained
+from open4m.model import from_pretrained, save_pretrained
 from open4m.train import build_model, lr_at, make_optimizers, train
 from open4m.train_config import TrainConfig
 from train_helpers import tiny_config
@@ -79,6 +79,20 @@ def test_finetuning_loads_matching_weights_and_reports_the_rest(tmp_path, capsys
     # the shared trunk started from the pretrained weights: after one small step it is still close to them
     before, after = model.state_dict()["encoder.0.mlp.fc1.weight"], tuned.state_dict()["encoder.0.mlp.fc1.weight"]
     assert (after - before).abs().max() < 0.01 < (after - torch.randn_like(after) * 0.02).abs().max()
+
+
+def test_finetuning_from_a_compact_release_file_loads_every_tensor(tmp_path, capsys):
+    """A compact file (the shipped model's format) stores tied heads and shared modality embeddings once and
+    leaves computed position buffers out; fine-tuning from it must restore them, not re-initialise them."""
+    first = train(tiny_config(tmp_path / "a", "steps=2"))["checkpoint"]
+    model = from_pretrained(first, tie_decoder_embeddings=True)
+    compact = save_pretrained(model, tmp_path / "compact", compact=True)
+    capsys.readouterr()
+    loaded = build_model(tiny_config(tmp_path / "b", f"pretrained={compact}"))
+    report = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("pretrained"))
+    assert "initialised 0: []" in report and "unused from the file 0: []" in report
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
 
 
 def test_step_in_backward_gives_the_same_training_as_adamw(tmp_path):

@@ -221,9 +221,11 @@ def computed_buffers(model: FourM) -> list[str]:
 
 
 def expand_compact(state: dict[str, torch.Tensor], metadata: dict[str, str], model: FourM,
-                   source: str) -> dict[str, torch.Tensor]:
+                   source: str, partial: bool = False) -> dict[str, torch.Tensor]:
     """Restore what a ``compact`` file leaves out: shared keys (``open4m_shared``) and computed buffers
-    (``open4m_computed``, taken from ``model``, freshly built from the same config). Other files unchanged."""
+    (``open4m_computed``, taken from ``model``, freshly built from the same config). Other files unchanged.
+    ``partial``: ``model`` may have other modalities than the file (fine-tuning); computed buffers it lacks
+    are skipped instead of being an error."""
     try:
         aliases = json.loads(metadata.get(SHARED_KEY, "{}"))
         computed = json.loads(metadata.get(COMPUTED_KEY, "[]"))
@@ -234,7 +236,9 @@ def expand_compact(state: dict[str, torch.Tensor], metadata: dict[str, str], mod
         raise ValueError(f"{source}: shared tensors {missing} listed in {SHARED_KEY!r} are not in the file")
     own = model.state_dict()
     unknown = sorted(key for key in computed if key not in own)
-    if unknown:
+    if partial:
+        computed = [key for key in computed if key in own]
+    elif unknown:
         raise ValueError(f"{source}: computed buffers {unknown} listed in {COMPUTED_KEY!r} are not in the model")
     return {**state, **{key: state[kept] for key, kept in aliases.items()}, **{key: own[key] for key in computed}}
 
