@@ -53,7 +53,10 @@ def lr_at(step: int, c: TrainConfig) -> float:
 
 
 def masking_config(c: TrainConfig) -> MaskingConfig:
-    """The mixture (a YAML path or an inline mapping) with the config's token budgets."""
+    """The mixture (a YAML path or an inline mapping) with the config's token budgets; the modalities the
+    config declares (``modalities:``) are registered first."""
+    if c.modalities:
+        _register_declared(c.modalities, "config modalities")
     if isinstance(c.masking, dict):
         return MaskingConfig.from_dict(c.masking, c.input_tokens, c.target_tokens, source="config masking")
     return MaskingConfig.from_yaml(c.masking, c.input_tokens, c.target_tokens)
@@ -260,8 +263,6 @@ def _train(c: TrainConfig, resume: bool, batches: Iterable[dict] | None, state: 
     if c.threads:
         torch.set_num_threads(c.threads)
     log = print if state.is_main else (lambda *a, **k: None)
-    if c.modalities:
-        _register_declared(c.modalities, "config modalities")
     masking = masking_config(c)
     if masking.target_tokens is None:
         raise ValueError("config: target_tokens must be set for training (the decoder needs a token budget)")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from open4m import cli, train_config
-from open4m.train import train
+from open4m.train import masking_config, train
 from train_helpers import CONFIG, copy_data, tiny_config
 
 
@@ -13,6 +15,13 @@ def test_the_shipped_config_loads_and_overrides_apply():
     c = train_config.load(CONFIG, ["lr=5e-4", "model_overrides.dim=32", "domains_in=[copy_src]"])
     assert c.lr == 5e-4 and c.model_overrides == {"dim": 32, "encoder_depth": 2, "decoder_depth": 2, "num_heads": 2}
     assert c.domains_in == ["copy_src"] and c.steps == 150
+
+
+@pytest.mark.parametrize("path", sorted(Path("configs/train").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_in_the_repository_loads_with_its_mixture(path):
+    """The configs the README and the configs' own comments tell people to run are valid as written."""
+    c = train_config.load(path)
+    assert set(c.domains_in) | set(c.domains_out) <= set(masking_config(c).mixture.names)
 
 
 @pytest.mark.parametrize("override, message", [
