@@ -236,10 +236,9 @@ def expand_compact(state: dict[str, torch.Tensor], metadata: dict[str, str], mod
         raise ValueError(f"{source}: shared tensors {missing} listed in {SHARED_KEY!r} are not in the file")
     own = model.state_dict()
     unknown = sorted(key for key in computed if key not in own)
-    if partial:
-        computed = [key for key in computed if key in own]
-    elif unknown:
+    if unknown and not partial:
         raise ValueError(f"{source}: computed buffers {unknown} listed in {COMPUTED_KEY!r} are not in the model")
+    computed = [key for key in computed if key in own]
     return {**state, **{key: state[kept] for key, kept in aliases.items()}, **{key: own[key] for key in computed}}
 
 
