@@ -15,6 +15,7 @@ Parameter and buffer names (``token_emb``, ``pos_emb``, ``mod_emb``, ``proj``, `
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from open4m.modalities import SEQUENCE_POS_EMB_ROWS, Modality
@@ -150,7 +151,14 @@ class TokenDecoderEmbedding(_Embedding):
             self.to_logits.weight = self.token_emb.weight
 
     def content(self, tensor: torch.Tensor, b: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        return self.token_emb(tensor.reshape(tensor.shape[0], -1)[b, i])
+        ids = tensor.reshape(tensor.shape[0], -1)[b, i]
+        weight = self.token_emb.weight
+        if weight is self.to_logits.weight and torch.is_grad_enabled() and weight.requires_grad:
+            # Tied: the head gives this weight a dense (V, D) gradient anyway, so the lookup's few rows go in as
+            # a sparse gradient that autograd adds into the head's in place, instead of a second dense (V, D)
+            # tensor (47 MB for a 30k vocabulary) that exists only to be added. Same sum, same dense .grad.
+            return F.embedding(ids, weight, self.token_emb.padding_idx, sparse=True)
+        return self.token_emb(ids)
 
     def position_ids(self, mask: torch.Tensor) -> torch.Tensor:
         pos = super().position_ids(mask)

@@ -13,7 +13,8 @@ official ``FourM.forward``:
 4. Decoder blocks with the 4M self-attention mask (image targets attend within their modality,
    sequence targets causally, modalities apart) and cross-attention to the context.
 5. One logits head per target modality on its rows; cross-entropy averaged per modality (official
-   ``'mod'``) or weighted per token (official ``'token'``).
+   ``'mod'``) or weighted per token (official ``'token'``). In training the head and its loss run as one
+   step that builds their gradients chunk by chunk (:mod:`open4m.model.head_loss`).
 
 Shapes: B batch, n encoder slots, m decoder slots, D width.
 """
@@ -32,6 +33,7 @@ from open4m import modalities
 from open4m.batch import validate_batch
 from open4m.model.config import FourMConfig
 from open4m.model.embeddings import decoder_embedding, encoder_embedding
+from open4m.model.head_loss import linear_cross_entropy
 from open4m.model.layers import Block, DecoderBlock, LayerNorm, mask_to_bias
 
 
@@ -338,9 +340,15 @@ class FourM(nn.Module):
                 continue
             if n % multiple:  # repeat the first row; the extra logits are computed and then left out
                 rows = torch.cat([rows, rows[:1].expand(multiple - n % multiple)])
-            logits = self.logits(flat_y.index_select(0, rows), name)[:n]
-            losses[name] = F.cross_entropy(logits.float(), flat_tgt.index_select(0, rows[:n]))
-            weights[name] = logits.numel()
+            head = self.decoder_embeddings[name].to_logits.weight
+            target = flat_tgt.index_select(0, rows[:n])
+            if torch.is_grad_enabled() and (flat_y.requires_grad or head.requires_grad):
+                # gradients built chunk by chunk here, no (n, V) tensor kept for backward (see head_loss)
+                losses[name] = linear_cross_entropy(flat_y.index_select(0, rows), head, target, n)
+            else:
+                logits = self.logits(flat_y.index_select(0, rows), name)[:n]
+                losses[name] = F.cross_entropy(logits.float(), target)
+            weights[name] = n * head.shape[0]
         if not losses:
             raise ValueError("no target modality to compute a loss for")
         if loss_type == "token":
