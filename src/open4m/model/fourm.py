@@ -13,8 +13,8 @@ official ``FourM.forward``:
 4. Decoder blocks with the 4M self-attention mask (image targets attend within their modality,
    sequence targets causally, modalities apart) and cross-attention to the context.
 5. One logits head per target modality on its rows; cross-entropy averaged per modality (official
-   ``'mod'``) or weighted per token (official ``'token'``). In training the head and its loss run as one
-   step that builds their gradients chunk by chunk (:mod:`open4m.model.head_loss`).
+   ``'mod'``) or weighted per token (official ``'token'``). Each head and its loss run as one step
+   (:mod:`open4m.model.head_loss`) that, in training, builds their gradients chunk by chunk.
 
 Shapes: B batch, n encoder slots, m decoder slots, D width.
 """
@@ -25,7 +25,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -341,13 +340,10 @@ class FourM(nn.Module):
             if n % multiple:  # repeat the first row; the extra logits are computed and then left out
                 rows = torch.cat([rows, rows[:1].expand(multiple - n % multiple)])
             head = self.decoder_embeddings[name].to_logits.weight
-            target = flat_tgt.index_select(0, rows[:n])
-            if torch.is_grad_enabled() and (flat_y.requires_grad or head.requires_grad):
-                # gradients built chunk by chunk here, no (n, V) tensor kept for backward (see head_loss)
-                losses[name] = linear_cross_entropy(flat_y.index_select(0, rows), head, target, n)
-            else:
-                logits = self.logits(flat_y.index_select(0, rows), name)[:n]
-                losses[name] = F.cross_entropy(logits.float(), target)
+            # head + cross-entropy in one step; with gradients needed they are built chunk by chunk here and no
+            # (n, V) tensor is kept for backward (see head_loss)
+            losses[name] = linear_cross_entropy(flat_y.index_select(0, rows), head,
+                                                flat_tgt.index_select(0, rows[:n]), n)
             weights[name] = n * head.shape[0]
         if not losses:
             raise ValueError("no target modality to compute a loss for")
