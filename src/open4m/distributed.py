@@ -7,6 +7,7 @@ GPU, and the process-group timeout is minutes (the official one is 4800 days).
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -62,9 +63,25 @@ def setup(device: str = "auto", timeout_min: float = DEFAULT_TIMEOUT_MIN) -> Dis
     return Dist(rank=rank, world=world, local_rank=local_rank, device=dev, initialized=True)
 
 
-def teardown(state: Dist) -> None:
+def teardown(state: Dist, finished: bool = True) -> None:
+    """Leave the process group this process joined.
+
+    ``finished``: the run ended normally on every rank, so wait at a barrier first -- no rank closes its
+    connections while another is still writing its last checkpoint or finishing a collective (a gloo rank
+    that tears down while its peer is mid-exchange can abort the peer). After an error no barrier is
+    attempted (the other ranks may never arrive); the group is simply destroyed.
+    """
     if state.initialized and dist.is_initialized():
-        dist.destroy_process_group()
+        close_group(finished)
+
+
+def close_group(finished: bool = True) -> None:
+    """Barrier (when ``finished``), then collect garbage that may still hold the group (module wrappers
+    in reference cycles), then destroy the default process group."""
+    if finished:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, strategy: str, state: Dist) -> nn.Module:

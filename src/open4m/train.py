@@ -252,10 +252,13 @@ def train(c: TrainConfig, resume: bool = False, batches: Iterable[dict] | None =
     not tracked, so such runs cannot resume exactly).
     """
     state = distributed.setup(c.device, c.timeout_min)
+    finished = False
     try:
-        return _train(c, resume, batches, state)
+        result = _train(c, resume, batches, state)
+        finished = True
+        return result
     finally:
-        distributed.teardown(state)
+        distributed.teardown(state, finished)
 
 
 def _train(c: TrainConfig, resume: bool, batches: Iterable[dict] | None, state: distributed.Dist) -> dict:

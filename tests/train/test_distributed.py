@@ -14,6 +14,7 @@ key-bias noise feeds back weakly into the key weights: measured up to 1.7e-6 abs
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import socket
@@ -49,6 +50,7 @@ def micro_batches(count: int):
 
 
 def _worker(rank: int, world: int, port: int, root: str, strategy: str, accum: int) -> None:
+    faulthandler.enable()  # a native abort in a rank prints every thread's Python stack into the report
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)

@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from open4m.atomic import write_atomic, write_json_atomic
+from open4m.distributed import close_group
 from open4m.runtime import tune_cpu
 from open4m.vq.adapters import ModalityAdapter
 from open4m.vq.autoencoder import Autoencoder, TokenizerConfig, dataclass_from_dict
@@ -253,6 +254,7 @@ def train_tokenizer(
     parts: dict[str, float] = {}
     stats: dict[str, float] = {}
     start = time.perf_counter() - state["elapsed_s"]
+    finished = False
     try:
         while state["step"] < train.steps:
             raw = np.concatenate([adapter.check(a) for a in next(batches)])
@@ -274,11 +276,13 @@ def train_tokenizer(
                 state["elapsed_s"] = time.perf_counter() - start
                 tokenizer.save(out)
                 _save_checkpoint(ckpt_path, model, opt, state)
+        finished = True
     finally:
         bar.close()
         torch.set_num_threads(threads_before)
         if owns_group:
-            dist.destroy_process_group()
+            del net  # the DDP wrapper holds the group
+            close_group(finished)
     if rank == 0:
         summary = {"modality": config.modality, "steps": state["step"], "train_seconds": state["elapsed_s"],
                    "batch_size": train.batch_size, "processes": world, "final_loss_parts": parts,
