@@ -67,9 +67,8 @@ def teardown(state: Dist, finished: bool = True) -> None:
     """Leave the process group this process joined.
 
     ``finished``: the run ended normally on every rank, so wait at a barrier first -- no rank closes its
-    connections while another is still writing its last checkpoint or finishing a collective (a gloo rank
-    that tears down while its peer is mid-exchange can abort the peer). After an error no barrier is
-    attempted (the other ranks may never arrive); the group is simply destroyed.
+    connections while another is still writing its last checkpoint or finishing a collective. After an
+    error no barrier is attempted (the other ranks may never arrive); the group is simply destroyed.
     """
     if state.initialized and dist.is_initialized():
         close_group(finished)
