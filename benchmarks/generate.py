@@ -42,6 +42,9 @@ class _FixedTokenizer:
     def sentinel_id(self, k: int) -> int:
         return 4 + k
 
+    def is_sentinel(self, token_id: int) -> bool:
+        return 4 <= int(token_id) < 204
+
     def merge_span_masking(self, input_ids, target_ids):
         return [t for t in target_ids[1:] if not 4 <= t < 204]
 

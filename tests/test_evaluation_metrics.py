@@ -116,3 +116,18 @@ def test_set_and_histogram_agreement():
     assert a == pytest.approx([0.5, 0.25, 0.25, 0, 0, 0])
     assert histogram_agreement(a, a) == pytest.approx(1.0)
     assert histogram_agreement(a, class_fractions(np.array([[3, 3, 3, 1]]))) == pytest.approx(0.25)
+
+
+def test_map_ranks_scored_boxes_by_score_across_images():
+    truths = [[box(0.1, 0.1, 0.3, 0.3)], [box(0.5, 0.5, 0.7, 0.7)]]
+    false, hit0, hit1 = box(0.8, 0.8, 0.9, 0.9), box(0.1, 0.1, 0.3, 0.3), box(0.5, 0.5, 0.7, 0.7)
+    # generation order puts the false box first (AP 2/3); its low score ranks it last: AP 1
+    scored = [[{**false, "score": 0.2}, {**hit0, "score": 0.9}], [{**hit1, "score": 0.8}]]
+    assert detection_map(scored, truths)["ap"]["cube"] == pytest.approx(1.0)
+    # a high-scoring false box ranks first again
+    scored[0][0]["score"] = 0.95
+    assert detection_map(scored, truths)["ap"]["cube"] == pytest.approx(2 / 3)
+    # scores are used only when every box has one
+    del scored[1][0]["score"]
+    scored[0][0]["score"] = 0.01
+    assert detection_map(scored, truths)["ap"]["cube"] == pytest.approx(2 / 3)

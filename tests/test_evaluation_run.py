@@ -13,6 +13,7 @@ from open4m.data.world import SHAPES, iter_world_samples, write_world
 from open4m.evaluation import evaluate_model, format_table, load_results, not_better_than, write_report
 from open4m.evaluation import run as run_module
 from open4m.evaluation.tasks import METRICS, TASKS, plan_tasks
+from open4m.generation import boxes as boxes_module
 from open4m.generation.prompt import GenerationResult
 from open4m.generation.runner import RGB_GUIDANCE
 from open4m.model import FourM, preset, save_pretrained
@@ -76,7 +77,8 @@ class Oracle:
             return text.decode(text.encode(s["caption"]))
         if target == "det@64":
             boxes = [{"box": d["box"], "class": d["class"]} for d in s["det"]]
-            return sequences.text_to_boxes(text.decode(text.encode(sequences.boxes_to_text(boxes))), SHAPES)[0]
+            parsed = sequences.text_to_boxes(text.decode(text.encode(sequences.boxes_to_text(boxes))), SHAPES)[0]
+            return [{**b, "score": 1.0} for b in parsed]  # generated boxes carry scores
         return self.truths[target][i]
 
     def __call__(self, model, conditions, targets, *, tokenizers, text_tokenizer, seed):
@@ -92,7 +94,8 @@ def oracle_run(samples, tokenizers):
     oracle = Oracle(samples, tokenizers)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(run_module, "generate", oracle)
-        results = evaluate_model(tiny_model(), tokenizers, samples, num_scenes=4, batch_size=3)
+        patch.setattr(boxes_module, "generate", oracle)
+        results = evaluate_model(tiny_model(), tokenizers, samples, num_scenes=4, batch_size=3, det_samples=2)
     return results, oracle
 
 
@@ -101,8 +104,11 @@ def test_an_oracle_scores_exactly_the_tokenizer_ceiling(oracle_run):
     assert [(r["task"], r["metric"]) for r in results["metrics"]] == [(m.task, m.name) for m in METRICS]
     for row in results["metrics"]:
         assert row["model"] == pytest.approx(row["ceiling"], rel=1e-6, abs=1e-9), row
-    # chunked by batch_size: 4 scenes -> rows of 3 and 1, the judges' stacked images too
-    assert max(n for _, _, n in oracle.calls) == 3
+    # chunked by batch_size: 4 scenes -> rows of 3 and 1, the judges' stacked images too; RGB->boxes adds its
+    # sampled decodes, each row twice (det_samples=2): the first batch's 3 rows as one call of 6
+    sizes = [n for _, _, n in oracle.calls]
+    assert sizes.count(6) == 1 and max(n for n in sizes if n != 6) == 3
+    assert results["settings"]["det_samples"] == 2
     assert results["num_scenes"] == 4 and not results["skipped"]
 
 

@@ -359,3 +359,31 @@ def test_serialisers_accept_numpy_values():
     assert palette_to_text(np.array([[1, 2, 3], [4, 5, 6]], dtype=np.uint8)) == "v1=2 v0=1 v0=2 v0=3 v0=4 v0=5 v0=6"
     box = {"box": np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32), "class": "cube"}
     assert boxes_to_text([box]) == "v0=100 v1=200 v2=300 v3=400 cube"
+
+
+def test_boxes_take_the_score_of_their_class_word_and_dropped_boxes_shift_nothing():
+    text = "v0=10 v1=20 v2=30 v3=40 cube v0=50 v1=5 v2=40 v3=60 cone [S_3] v0=1 v1=2 v2=3 v3=4 sphere [EOS] x"
+    scores = [None, 0.1, 0.2, 0.3, 0.9, 0.5, 0.5, 0.5, 0.5, 0.8, 0.4, 0.1, 0.1, 0.1, 0.1, 0.7, None, None]
+    boxes, report = text_to_boxes(text, WORLD_CLASSES, scores)
+    # the second box has x0 > x1 and is dropped; the sentinel and what follows [EOS] are reported
+    assert [(b["class"], b["score"]) for b in boxes] == [("cube", 0.9), ("sphere", 0.7)]
+    assert not report.ok
+    assert "score" not in text_to_boxes(text, WORLD_CLASSES)[0][0]
+    with pytest.raises(ValueError, match="word scores"):
+        text_to_boxes(text, WORLD_CLASSES, scores[:-1])
+    # a None score (a given word) leaves the box unscored
+    scores[4] = None
+    assert "score" not in text_to_boxes(text, WORLD_CLASSES, scores)[0][0]
+
+
+def test_word_starts_name_the_token_each_decoded_word_begins_at(tokenizers):
+    for tok in tokenizers:
+        ids = tok.encode("v0=5 v1=6 v2=7 v3=8 potted plant, a wine glass.") + [tok.eos_id]
+        words = tok.decode(ids).split()
+        starts = tok.word_starts(ids)
+        assert len(starts) == len(words) and starts == sorted(starts) and starts[0] == 0
+        for i, k in enumerate(starts):  # word i appears exactly when token k is decoded
+            assert len(tok.decode(ids[:k]).split()) <= i < len(tok.decode(ids[: k + 1]).split())
+        plant = words.index("plant,") if "plant," in words else words.index("plant")
+        assert starts[plant] == starts[plant - 1]  # a two-word class name is one token
+        assert tok.word_starts([]) == []

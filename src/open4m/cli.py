@@ -236,7 +236,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                               num_scenes=args.num_scenes, overwrite=args.overwrite, baseline=args.baseline,
                               batch_size=args.batch_size, steps=args.steps, temperature=args.temperature,
                               rgb_temperature=args.rgb_temperature, rgb_steps=args.rgb_steps,
-                              rgb_guidance=args.rgb_guidance, seed=args.seed, progress=args.progress,
+                              rgb_guidance=args.rgb_guidance, det_samples=args.det_samples,
+                              det_temperature=args.det_temperature, seed=args.seed, progress=args.progress,
                               tasks=args.tasks.split(",") if args.tasks else None)
     print(format_table(results), end="")
     print(f"{results['num_scenes']} scenes in {results['seconds']['total']:.1f} s; report in {args.out}")
@@ -244,6 +245,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _add_eval_parser(sub) -> None:
+    from open4m.generation.boxes import DET_SAMPLES, DET_TEMPERATURE
     from open4m.generation.runner import RGB_GUIDANCE
 
     p = sub.add_parser("eval", help="evaluate a world 4M model on held-out world scenes (metrics + tokenizer ceilings)",
@@ -270,6 +272,11 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--rgb-guidance", type=float, default=RGB_GUIDANCE,
                    help=f"classifier-free guidance scale of generated RGB on its condition (default {RGB_GUIDANCE:g}; "
                    "1 = none)")
+    p.add_argument("--det-samples", type=int, default=DET_SAMPLES,
+                   help=f"RGB->boxes: sampled decodes fused with the greedy one (default {DET_SAMPLES}; 0 = greedy "
+                   "alone); boxes are scored and mAP ranks by score")
+    p.add_argument("--det-temperature", type=float, default=DET_TEMPERATURE,
+                   help=f"sampling temperature of those decodes (default {DET_TEMPERATURE:g})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="cpu", help="device of the model and image tokenizers: cpu or cuda")
     p.add_argument("--tasks", help="comma-separated subset, e.g. rgb->depth,caption->rgb (default: all)")

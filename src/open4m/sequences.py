@@ -63,11 +63,16 @@ def _value(word: str) -> tuple[int, int] | None:
 
 def _words(text: str, report: ParseReport) -> list[str]:
     """Whitespace-split ``text``: drop ``[PAD]``, stop at ``[EOS]``, keep other words for the parser."""
+    return [w for _, w in _indexed_words(text, report)]
+
+
+def _indexed_words(text: str, report: ParseReport) -> list[tuple[int, str]]:
+    """:func:`_words` with each word's index in ``text.split()``."""
     if not isinstance(text, str):
         report.drop([repr(text)[:40]], f"expected a decoded string, got {type(text).__name__}")
         return []
     words = text.split()
-    out: list[str] = []
+    out: list[tuple[int, str]] = []
     for i, w in enumerate(words):
         if w == "[EOS]":
             rest = [x for x in words[i + 1 :] if x != "[PAD]"]
@@ -75,7 +80,7 @@ def _words(text: str, report: ParseReport) -> list[str]:
                 report.drop(rest, "after [EOS]")
             break
         if w != "[PAD]":
-            out.append(w)
+            out.append((i, w))
     return out
 
 
@@ -136,21 +141,29 @@ def boxes_to_text(boxes: Iterable[Mapping]) -> str:
     return " ".join(parts)
 
 
-def text_to_boxes(text: str, class_names: Sequence[str] | None = None) -> tuple[list[dict], ParseReport]:
+def text_to_boxes(
+    text: str, class_names: Sequence[str] | None = None, word_scores: Sequence[float | None] | None = None
+) -> tuple[list[dict], ParseReport]:
     """Parse a det string back into boxes; never raises.
 
     Args:
         text: a serialised det string, usually ``TextTokenizer.decode`` of model output.
         class_names: the allowed classes (multi-word allowed, matched case-insensitively, longest first).
             ``None`` accepts any words between a box's ``v3`` and the next ``v0`` as its class.
+        word_scores: optional, one per word of ``text.split()`` (e.g. the probability the model gave the
+            token the word starts at); each box then gets the score of its class name's first word as
+            ``"score"`` (Pix2Seq's detection confidence: the class token's likelihood), when not None.
 
     Returns:
-        ``(boxes, report)``: boxes as ``{"box": [x0, y0, x1, y1], "class": str}`` in string order, with
-        coordinates ``bin / 999``; the report lists every dropped fragment (bad or out-of-order
-        coordinates, ``x0 > x1``, unknown or missing class, stray words, special tokens).
+        ``(boxes, report)``: boxes as ``{"box": [x0, y0, x1, y1], "class": str[, "score": float]}`` in
+        string order, with coordinates ``bin / 999``; the report lists every dropped fragment (bad or
+        out-of-order coordinates, ``x0 > x1``, unknown or missing class, stray words, special tokens).
     """
     report = ParseReport()
-    words = _words(text, report)
+    indexed = _indexed_words(text, report)
+    if word_scores is not None and isinstance(text, str) and len(word_scores) != len(text.split()):
+        raise ValueError(f"text_to_boxes: {len(word_scores)} word scores for {len(text.split())} words")
+    words = [w for _, w in indexed]
     by_canon = {canonical_words(c): c for c in (class_names or ()) if isinstance(c, str) and canonical_words(c)}
     longest = max((len(c.split()) for c in by_canon), default=0)
     boxes: list[dict] = []
@@ -178,7 +191,11 @@ def text_to_boxes(text: str, class_names: Sequence[str] | None = None) -> tuple[
         elif coords[0] > coords[2] or coords[1] > coords[3]:
             report.drop(words[i : j + used], "x0 > x1 or y0 > y1")
         else:
-            boxes.append({"box": [dequantize_coord(c) for c in coords], "class": cls})
+            box = {"box": [dequantize_coord(c) for c in coords], "class": cls}
+            score = word_scores[indexed[j][0]] if word_scores is not None else None
+            if score is not None:
+                box["score"] = float(score)
+            boxes.append(box)
         if cls is not None and used < len(name_words):
             report.drop(name_words[used:], "stray words after the class name")
         i = k

@@ -208,6 +208,16 @@ class TextTokenizer:
         checked = [self._checked_ids(ids) for ids in batch]
         return self._tok.decode_batch(checked, skip_special_tokens=skip_special_tokens)
 
+    def word_starts(self, ids: Sequence[int]) -> list[int]:
+        """For each whitespace-separated word of :meth:`decode` ``(ids)``, the index in ``ids`` of the token
+        it starts at (word pieces and punctuation joined by decoding belong to the word they join), e.g.
+        ``[v0=1, cube, ##s]`` decodes to ``"v0=1 cubes"`` → ``[0, 1]``."""
+        checked = self._checked_ids(ids)
+        counts = [len(t.split()) for t in self._tok.decode_batch([checked[: k + 1] for k in range(len(checked))],
+                                                                 skip_special_tokens=False)]
+        words = counts[-1] if counts else 0
+        return [next(k for k, c in enumerate(counts) if c > w) for w in range(words)]
+
     def _checked_ids(self, ids: Sequence[int]) -> list[int]:
         out = [int(i) for i in ids]
         bad = [i for i in out if not 0 <= i < self.vocab_size]

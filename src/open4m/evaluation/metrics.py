@@ -106,10 +106,12 @@ def detection_map(
 ) -> dict:
     """Box mAP@``iou_threshold`` over images: ``predictions[i]`` and ``truths[i]`` are the boxes of image i.
 
-    Generated boxes carry **no scores**, so detections are ranked by generation order: every image's first
-    generated box ranks above every image's second, and so on (ties by image index). Note that a det
-    sequence is generated in the serialisation order (ascending ``x0² + y0²``), so this ranking says nothing
-    about confidence; a model is not penalised for the order, only for wrong, missed and extra boxes.
+    Detections are ranked by their ``"score"`` (highest first; ties by image, then generation order) when
+    every predicted box has one -- :func:`open4m.generation.generate` scores a generated box by the
+    probability of its class token, as Pix2Seq does. Without scores (the official sampler gives none) they
+    are ranked by generation order: every image's first box above every image's second, and so on (ties by
+    image index); a det sequence is generated in the serialisation order (ascending ``x0² + y0²``), so that
+    ranking says nothing about confidence: a model is then judged only on wrong, missed and extra boxes.
 
     Matching is greedy in rank order: a detection is a true positive when some not-yet-matched ground-truth
     box of its class in its image has IoU >= ``iou_threshold`` (the best such box is taken); otherwise it is
@@ -121,8 +123,11 @@ def detection_map(
     """
     if len(predictions) != len(truths):
         raise ValueError(f"detection_map: {len(predictions)} prediction lists for {len(truths)} images")
-    ranked = sorted(((rank, image, box) for image, boxes in enumerate(predictions) for rank, box in enumerate(boxes)),
-                    key=lambda r: (r[0], r[1]))
+    flat = [(rank, image, box) for image, boxes in enumerate(predictions) for rank, box in enumerate(boxes)]
+    if flat and all("score" in box for _, _, box in flat):
+        ranked = sorted(flat, key=lambda r: (-float(r[2]["score"]), r[1], r[0]))
+    else:
+        ranked = sorted(flat, key=lambda r: (r[0], r[1]))
     ap: dict[str, float | None] = {}
     for cls in classes:
         gt = [np.array([b["box"] for b in boxes if b["class"] == cls], np.float64).reshape(-1, 4) for boxes in truths]

@@ -4,9 +4,10 @@ Scenes are taken in batches; per batch every runnable task (:mod:`open4m.evaluat
 target with :func:`open4m.generation.prompt.generate` (MaskGIT for image tokens, autoregressive for
 sequences; by default predictions are greedy, image ones in a single step, while generated RGB images are
 sampled at ``rgb_temperature`` over ``rgb_steps`` with classifier-free guidance ``rgb_guidance``, since greedy
-MaskGIT collapses an image to its most likely flat layout and unguided captions barely steer it), decodes it
-with the tokenizer set, and adds to pooled statistics, so memory does not grow with the number of scenes.
-Each row's random generator is seeded with ``seed + scene index``: results do not depend on the batch size.
+MaskGIT collapses an image to its most likely flat layout and unguided captions barely steer it; boxes fuse a
+greedy and several sampled decodes, :func:`open4m.generation.boxes.detect`), decodes it with the tokenizer
+set, and adds to pooled statistics, so memory does not grow with the number of scenes. Each row's random
+generator is seeded with ``seed + scene index``: results do not depend on the batch size.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from open4m.evaluation import metrics
 from open4m.evaluation import tasks as task_table
 from open4m.evaluation.captions import parse_caption, scene_truth, score_caption
 from open4m.evaluation.tasks import CAPTION, DEPTH, DET, SEMSEG, TARGETS, TOK_RGB, plan_tasks
+from open4m.generation.boxes import DET_SAMPLES, DET_TEMPERATURE, detect
 from open4m.generation.prompt import generate
 from open4m.generation.runner import RGB_GUIDANCE
 from open4m.generation.sampler import TargetSpec
@@ -67,11 +69,13 @@ class _Pool:
 
 class _Evaluator:
     def __init__(self, model, tokenizers, plan, *, batch_size: int, steps: int, temperature: float, seed: int,
-                 min_class_pixels: int, rgb_temperature: float, rgb_steps: int, rgb_guidance: float) -> None:
+                 min_class_pixels: int, rgb_temperature: float, rgb_steps: int, rgb_guidance: float,
+                 det_samples: int, det_temperature: float) -> None:
         self.model, self.tok, self.plan = model, tokenizers, plan
         self.batch_size, self.steps, self.temperature, self.seed = batch_size, steps, temperature, seed
         self.rgb_temperature, self.rgb_steps, self.rgb_guidance = rgb_temperature, rgb_steps, rgb_guidance
         self.min_class_pixels = min_class_pixels
+        self.det_samples, self.det_temperature = det_samples, det_temperature
         self.pool = _Pool()
         self.seconds = {task: 0.0 for task in plan.tasks}
 
@@ -142,7 +146,12 @@ class _Evaluator:
             self.pool.add_confusion("rgb->semseg/miou", column, metrics.semseg_confusion(truth["semseg"], pred))
 
     def _det(self, samples, truth, rgb_in, seeds) -> None:
-        predicted = self.generate(rgb_in, DET, seeds)
+        predicted = []
+        for start in range(0, len(seeds), self.batch_size):
+            chunk = {k: v[start : start + self.batch_size] for k, v in rgb_in.items()}
+            predicted += detect(self.model, chunk, DET, text_tokenizer=self.tok.text, tokenizers=self.tok.image,
+                                samples=self.det_samples, temperature=self.det_temperature,
+                                seed=seeds[start : start + self.batch_size])
         for s, boxes in zip(samples, predicted, strict=True):
             true_boxes = [{"box": d["box"], "class": d["class"]} for d in s["det"]]
             text = self.text_roundtrip(DET, sequences.boxes_to_text(true_boxes))
@@ -267,6 +276,8 @@ def evaluate_model(
     rgb_temperature: float = 1.0,
     rgb_steps: int = 8,
     rgb_guidance: float = RGB_GUIDANCE,
+    det_samples: int = DET_SAMPLES,
+    det_temperature: float = DET_TEMPERATURE,
     seed: int = 0,
     tasks: list[str] | None = None,
     min_class_pixels: int = 4,
@@ -289,6 +300,9 @@ def evaluate_model(
         rgb_guidance: classifier-free guidance scale of generated RGB on its condition (caption, depth or
             semseg; the unconditional branch has that condition emptied; 1 = no guidance; the default
             :data:`open4m.generation.runner.RGB_GUIDANCE` is what makes captions steer the shipped model's images).
+        det_samples, det_temperature: RGB->boxes fuses one greedy decode and ``det_samples`` sampled at
+            ``det_temperature`` (:func:`open4m.generation.boxes.detect`; boxes scored, mAP ranks by score);
+            0 = the greedy decode alone. The caption->RGB judge reads one greedy decode.
         seed: row i of the set samples with generator seed ``seed + i``.
         tasks: a subset of :data:`open4m.evaluation.tasks.TASKS` (default all).
         min_class_pixels: caption->rgb counts a shape class as present in a judged semseg map from this many pixels.
@@ -302,16 +316,20 @@ def evaluate_model(
     Raises ValueError when no task can run or there are no samples.
     """
     tune_cpu()
+    if det_samples < 0:
+        raise ValueError(f"det_samples must be >= 0, got {det_samples}")
     if num_scenes < 1 or batch_size < 1 or steps < 1 or rgb_steps < 1:
         raise ValueError(f"num_scenes, batch_size, steps and rgb_steps must be >= 1, got {num_scenes}, {batch_size}, "
                          f"{steps}, {rgb_steps}")
     plan = plan_tasks(model, tokenizers, tasks)
     settings = {"batch_size": batch_size, "steps": steps, "temperature": temperature,
                 "rgb_temperature": rgb_temperature, "rgb_steps": rgb_steps, "rgb_guidance": rgb_guidance,
-                "seed": seed, "min_class_pixels": min_class_pixels}
+                "det_samples": det_samples, "det_temperature": det_temperature, "seed": seed,
+                "min_class_pixels": min_class_pixels}
     evaluator = _Evaluator(model, tokenizers, plan, batch_size=batch_size, steps=steps, temperature=temperature,
                            seed=seed, min_class_pixels=min_class_pixels, rgb_temperature=rgb_temperature,
-                           rgb_steps=rgb_steps, rgb_guidance=rgb_guidance)
+                           rgb_steps=rgb_steps, rgb_guidance=rgb_guidance, det_samples=det_samples,
+                           det_temperature=det_temperature)
     was_training = model.training
     model.eval()
     start, done = time.perf_counter(), 0

@@ -43,11 +43,15 @@ class Partial:
 @dataclass
 class GenerationResult:
     """``tokens``: name → (B, h, w) int64 for images, list of id lists for sequences (targets only);
-    ``decoded``: name → decoded output where a tokenizer was available (str / boxes / raw images);
+    ``decoded``: name → decoded output where a tokenizer was available (str / boxes / raw images); generated
+    boxes carry ``"score"``, the probability the model gave their class token (Pix2Seq's confidence);
+    ``scores``: sequence target name → per row, one entry per id of ``tokens[name][row]``: the probability
+    the generated token was drawn with (guidance and temperature included), None for a given token;
     ``state``: the final ModDict (every condition and target as inputs)."""
 
     tokens: dict[str, object]
     decoded: dict[str, object] = field(default_factory=dict)
+    scores: dict[str, list[list[float | None]]] = field(default_factory=dict)
     state: ModDict = field(default_factory=dict)
 
 
@@ -96,7 +100,7 @@ def generate(
     validate_batch(state)
     sampler = Sampler(model, text_tokenizer, use_cache=use_cache)
     final = sampler.generate(state, specs, seed=seed, top_k=top_k, top_p=top_p, on_step=on_step)
-    return _result(final, target_names, tokenizers, text_tokenizer)
+    return _result(final, target_names, tokenizers, text_tokenizer, sampler.token_scores)
 
 
 def _limited_to_tokenizer(spec: TargetSpec, tokenizer) -> TargetSpec:
@@ -295,29 +299,43 @@ def _expand(x: torch.Tensor, b: int, name: str) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------- results
-def _result(state: ModDict, targets: list[str], tokenizers, text_tokenizer) -> GenerationResult:
-    tokens, decoded = {}, {}
+def _result(state: ModDict, targets: list[str], tokenizers, text_tokenizer,
+            token_scores: dict[str, list[list[float | None]]]) -> GenerationResult:
+    tokens, decoded, scores = {}, {}, {}
     for name in targets:
         mod = modalities.get(name)
         d = state[name]
         if mod.kind == "sequence":
-            rows = [d["tensor"][i][~d["input_mask"][i]].tolist() for i in range(d["tensor"].shape[0])]
-            rows = [[t for t in r if t not in (0, _eos(text_tokenizer))] for r in rows]
-            tokens[name] = rows
+            rows, row_scores = [], []
+            for i in range(d["tensor"].shape[0]):
+                ids = d["tensor"][i][~d["input_mask"][i]].tolist()
+                given = token_scores[name][i] if name in token_scores else [None] * len(ids)
+                kept = [j for j, t in enumerate(ids) if t not in (0, _eos(text_tokenizer))]
+                rows.append([ids[j] for j in kept])
+                row_scores.append([given[j] for j in kept])
+            tokens[name], scores[name] = rows, row_scores
             if text_tokenizer is not None:
                 texts = [text_tokenizer.decode(r) for r in rows]
-                is_caption = name.split("@")[0] == "caption"
-                decoded[name] = texts if is_caption else [_parse(name, t, text_tokenizer) for t in texts]
+                if name.split("@")[0] == "caption":
+                    decoded[name] = texts
+                else:
+                    decoded[name] = [_parse(name, t, text_tokenizer, r, rs)
+                                     for t, r, rs in zip(texts, rows, row_scores, strict=True)]
         else:
             g = mod.grid_size
             tokens[name] = d["tensor"].reshape(-1, g, g).cpu()
             if name in tokenizers:
                 decoded[name] = tokenizers[name].decode(tokens[name])
-    return GenerationResult(tokens, decoded, state)
+    return GenerationResult(tokens, decoded, scores, state)
 
 
-def _parse(name: str, text: str, text_tokenizer):
+def _parse(name: str, text: str, text_tokenizer, ids: list[int], token_scores: list[float | None]):
+    """A generated structured sequence read back (a det string: boxes scored by their class tokens);
+    the text itself when it does not parse."""
     try:
+        if name.split("@")[0] == "det":
+            word_scores = [token_scores[k] for k in text_tokenizer.word_starts(ids)]
+            return sequences.text_to_boxes(text, text_tokenizer.class_names or None, word_scores)[0]
         return sequences.from_text(name, text, text_tokenizer.class_names or None)[0]
     except ValueError:
         return text

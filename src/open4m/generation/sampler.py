@@ -18,6 +18,8 @@ Semantics follow the official sampler (OFFICIAL-4M-SPEC §5.3):
   :meth:`open4m.text.TextTokenizer.merge_span_masking`, and the sequence becomes an input. The decoder's
   self-attention keys/values and the cross-attention keys/values of the context are cached
   (``use_cache=False`` re-runs the decoder over the whole prefix each token, as the official code does).
+  :attr:`Sampler.token_scores` keeps the probability of every generated token (under the distribution it
+  was drawn from, guidance included), aligned with the merged sequence; given tokens score None.
 - **Guidance**: ``l = l_u + sum_i w_i (l_i - l_u)``. ``l_u`` comes from the state with every guided condition
   emptied (image: no inputs; sequence: ``[S_1]`` only; embeddings: one zero vector), ``l_i`` from the state
   with only guided condition group ``i`` kept. Plain classifier-free guidance is one group holding all the
@@ -97,6 +99,10 @@ class Sampler:
         self.model = model
         self.text_tokenizer = text_tokenizer
         self.use_cache = use_cache
+        # Filled by generate() for autoregressive targets: name -> per row, one entry per id of the merged
+        # sequence (its non-input positions, final [EOS] included): the probability the generated token had
+        # when it was drawn, None for given tokens and the appended [EOS].
+        self.token_scores: dict[str, list[list[float | None]]] = {}
 
     # ------------------------------------------------------------------ checks
     def check(self, state: ModDict, targets: Sequence[TargetSpec]) -> None:
@@ -176,6 +182,7 @@ class Sampler:
     ) -> ModDict:
         """Generate ``targets`` in order; returns the final state (every target fully given as input)."""
         self.check(state, targets)
+        self.token_scores = {}
         state = {name: {k: v.clone() for k, v in d.items()} for name, d in state.items()}
         batch_size = next(iter(state.values()))["input_mask"].shape[0]
         generators = make_generators(seed, batch_size, next(iter(state.values()))["input_mask"].device)
@@ -324,6 +331,7 @@ class Sampler:
         pos = torch.arange(limit, device=start.device)
         pos_emb = emb.pos_mod(pos.masked_fill(pos >= mod.pos_max_length, 0)).to(context.dtype)  # (limit, D)
         out = start[:, None]
+        probs = torch.full((b, 1), float("nan"))  # probs[:, t]: the probability out[:, t] was drawn with
         done = torch.zeros(b, dtype=torch.bool, device=start.device)
         decoder = model.incremental_decoder(context, enc, limit) if self.use_cache else None
         for t in range(limit):
@@ -334,12 +342,13 @@ class Sampler:
             else:
                 logits = model.logits(self._decode_prefix(out, emb, pos_emb, context, enc, rows // b), name)
             logits = self._combine(logits[:, None], weights, b)
-            new, _ = sample(logits, spec.temperature, generators, top_k, top_p)
+            new, prob = sample(logits, spec.temperature, generators, top_k, top_p)
             out = torch.cat([out, new], dim=1)
+            probs = torch.cat([probs, prob.float().cpu()], dim=1)
             done |= new[:, 0] == stop
             if bool(done.all()):
                 break
-        state[name] = self._merged(entry, out, stop, name)
+        state[name], self.token_scores[name] = self._merged(entry, out, probs, stop, name)
         return state
 
     def _decode_prefix(self, out, emb, pos_emb, context, enc, repeat) -> torch.Tensor:
@@ -352,23 +361,52 @@ class Sampler:
         dec = DecoderInput(tokens, pos_emb[:t].expand(r, t, -1), zeros, zeros.short(), zeros.long(), causal)
         return self.model.decode(dec, context, enc)[:, -1]
 
-    def _merged(self, entry: dict, out: torch.Tensor, stop: torch.Tensor, name: str) -> dict:
-        """Merge each row's predicted spans into its input; the whole sequence becomes an input."""
+    def _merged(self, entry: dict, out: torch.Tensor, probs: torch.Tensor, stop: torch.Tensor,
+                name: str) -> tuple[dict, list[list[float | None]]]:
+        """Merge each row's predicted spans into its input; the whole sequence becomes an input. Also returns
+        each row's token scores, aligned with the merged ids (see :attr:`token_scores`)."""
         tok = self.text_tokenizer
+        limit = modalities.get(name).max_tokens + 1
         tensor = torch.zeros_like(entry["tensor"])
         input_mask = torch.ones_like(entry["input_mask"])
+        scores = []
         for i in range(out.shape[0]):
             ids = out[i].tolist()
             if int(stop[i]) in ids[1:]:
                 ids = ids[: ids.index(int(stop[i]), 1) + 1]
             given = entry["tensor"][i][~entry["input_mask"][i]].tolist()
             merged = tok.merge_span_masking(given, ids)
-            merged = (merged + [tok.eos_id])[: modalities.get(name).max_tokens + 1]
+            row_scores = _merged_scores(tok, given, ids, probs[i, : len(ids)].tolist())
+            if len(row_scores) != len(merged):
+                raise RuntimeError(f"target {name!r}: token scores do not line up with the merged sequence")
+            merged = (merged + [tok.eos_id])[:limit]
+            scores.append((row_scores + [None])[:limit])
             tensor[i, : len(merged)] = torch.tensor(merged, dtype=tensor.dtype)
             input_mask[i, : len(merged)] = False
-        return {
+        entry = {
             "tensor": tensor,
             "input_mask": input_mask,
             "target_mask": torch.ones_like(input_mask),
             "decoder_attention_mask": torch.zeros(tensor.shape, dtype=torch.int32, device=tensor.device),
         }
+        return entry, scores
+
+
+def _merged_scores(tok, given: list[int], ids: list[int], probs: list[float]) -> list[float | None]:
+    """The scores of ``tok.merge_span_masking(given, ids)``: the same walk, carrying each generated token's
+    probability (``probs[j]`` belongs to ``ids[j]``); given tokens get None."""
+    spans: dict[int, list[float]] = {}
+    current = None
+    for token, prob in zip(ids, probs, strict=True):
+        if tok.is_sentinel(token):
+            current = token
+            spans.setdefault(token, [])
+        elif current is not None:
+            spans[current].append(prob)
+    scores: list[float | None] = []
+    for token in given:
+        if tok.is_sentinel(token):
+            scores.extend(spans.get(token, []))
+        else:
+            scores.append(None)
+    return scores
