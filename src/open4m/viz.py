@@ -3,7 +3,8 @@
 - depth (H, W) float → a colour map (turbo, near = warm), normalised per image by the 2nd-98th percentiles;
 - normals (3, H, W) or (H, W, 3) in [-1, 1] → RGB ``(n + 1) / 2``;
 - semantic segmentation (H, W) int labels → a fixed palette, with a legend of the classes present;
-- boxes ``[{"box": [x0, y0, x1, y1] in [0, 1], "class": str}]`` → drawn on the RGB (or a blank canvas) with labels;
+- boxes ``[{"box": [x0, y0, x1, y1] in [0, 1], "class": str[, "score": float]}]`` → drawn on the RGB (or a blank
+  canvas) with labels (and scores);
 - captions (str) → wrapped text on a tile;
 - image token grids (h, w) without an image tokenizer → each id in a colour of its own (a token map).
 
@@ -123,7 +124,8 @@ def rgb_image(rgb) -> Image.Image:
 
 
 def boxes_image(boxes: Sequence[dict], background: Image.Image | None = None) -> Image.Image:
-    """Boxes (normalised [x0, y0, x1, y1] + class) drawn with labels on ``background`` (or a blank tile)."""
+    """Boxes (normalised [x0, y0, x1, y1] + class) drawn with labels on ``background`` (or a blank tile); a box
+    with a ``"score"`` (a generated one) is labelled with it too, e.g. ``cube 0.93``."""
     canvas = (background.copy() if background is not None else Image.new("RGB", (TILE, TILE), "white")).convert("RGB")
     draw = ImageDraw.Draw(canvas)
     w, h = canvas.size
@@ -131,7 +133,8 @@ def boxes_image(boxes: Sequence[dict], background: Image.Image | None = None) ->
         x0, y0, x1, y1 = item["box"]
         colour = palette_colour(int(hashlib.sha256(item["class"].encode()).hexdigest(), 16) % 10_000)
         draw.rectangle([x0 * w, y0 * h, x1 * w, y1 * h], outline=colour, width=2)
-        draw.text((x0 * w + 2, y0 * h + 1), item["class"], fill=colour, font=_font(11))
+        label = item["class"] + (f" {float(item['score']):.2f}" if "score" in item else "")
+        draw.text((x0 * w + 2, y0 * h + 1), label, fill=colour, font=_font(11))
     return canvas
 
 

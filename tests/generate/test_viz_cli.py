@@ -29,6 +29,10 @@ def test_depth_normals_semseg_boxes_text_render_as_expected():
     assert viz.upscaled(viz.rgb_image(np.zeros((150, 150, 3), np.uint8))).size == (150, 150)
     boxed = np.asarray(viz.boxes_image([{"box": [0.25, 0.25, 0.75, 0.75], "class": "cube"}]))
     assert (boxed[56, 100] != 255).any() and (boxed[112, 112] == 255).all()  # outline drawn, inside left blank
+    scored = np.asarray(viz.boxes_image([{"box": [0.25, 0.25, 0.75, 0.75], "class": "cube", "score": 0.93}]))
+    label_row = slice(57, 70)  # the label is written inside the box's top-left corner; the score after the class
+    assert (scored[label_row, 57:170] != boxed[label_row, 57:170]).any()
+    assert (scored[label_row, :57] == boxed[label_row, :57]).all()
     assert (np.asarray(viz.text_image("a red cube")) < 128).any()
 
 
