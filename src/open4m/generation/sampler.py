@@ -331,7 +331,7 @@ class Sampler:
         pos = torch.arange(limit, device=start.device)
         pos_emb = emb.pos_mod(pos.masked_fill(pos >= mod.pos_max_length, 0)).to(context.dtype)  # (limit, D)
         out = start[:, None]
-        probs = torch.full((b, 1), float("nan"))  # probs[:, t]: the probability out[:, t] was drawn with
+        probs = [torch.full((b, 1), float("nan"))]  # cat(probs)[:, t]: the probability out[:, t] was drawn with
         done = torch.zeros(b, dtype=torch.bool, device=start.device)
         decoder = model.incremental_decoder(context, enc, limit) if self.use_cache else None
         for t in range(limit):
@@ -344,10 +344,11 @@ class Sampler:
             logits = self._combine(logits[:, None], weights, b)
             new, prob = sample(logits, spec.temperature, generators, top_k, top_p)
             out = torch.cat([out, new], dim=1)
-            probs = torch.cat([probs, prob.float().cpu()], dim=1)
+            probs.append(prob)
             done |= new[:, 0] == stop
             if bool(done.all()):
                 break
+        probs = torch.cat([p.float().cpu() for p in probs], dim=1)
         state[name], self.token_scores[name] = self._merged(entry, out, probs, stop, name)
         return state
 
