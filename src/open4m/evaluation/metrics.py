@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from open4m.data.world.config import SEMSEG_CLASSES, SHAPES
+from open4m.generation.boxes import box_iou
 from open4m.vq.evaluate import confusion_matrix, depth_abs_rel, mean_iou_from_confusion, normal_angles_deg
 
 DELTA_THRESHOLD = 1.25
@@ -63,20 +64,6 @@ def semseg_confusion(true: np.ndarray, pred: np.ndarray, num_classes: int = len(
 def semseg_miou(confusion: np.ndarray) -> float:
     """Mean IoU of a (pooled) :func:`semseg_confusion` matrix over the classes present in truth or prediction."""
     return mean_iou_from_confusion(confusion)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU ``(N, M)`` of boxes ``a (N, 4)`` and ``b (M, 4)`` given as ``[x0, y0, x1, y1]`` (continuous coordinates)."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=-1)
-    union = _area(a)[:, None] + _area(b)[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def _area(boxes: np.ndarray) -> np.ndarray:
-    return np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=-1)
 
 
 def average_precision(tp: Sequence[bool], num_truth: int) -> float:

@@ -146,12 +146,8 @@ class _Evaluator:
             self.pool.add_confusion("rgb->semseg/miou", column, metrics.semseg_confusion(truth["semseg"], pred))
 
     def _det(self, samples, truth, rgb_in, seeds) -> None:
-        predicted = []
-        for start in range(0, len(seeds), self.batch_size):
-            chunk = {k: v[start : start + self.batch_size] for k, v in rgb_in.items()}
-            predicted += detect(self.model, chunk, DET, text_tokenizer=self.tok.text, tokenizers=self.tok.image,
-                                samples=self.det_samples, temperature=self.det_temperature,
-                                seed=seeds[start : start + self.batch_size])
+        predicted = detect(self.model, rgb_in, DET, text_tokenizer=self.tok.text, tokenizers=self.tok.image,
+                           samples=self.det_samples, temperature=self.det_temperature, seed=seeds)
         for s, boxes in zip(samples, predicted, strict=True):
             true_boxes = [{"box": d["box"], "class": d["class"]} for d in s["det"]]
             text = self.text_roundtrip(DET, sequences.boxes_to_text(true_boxes))

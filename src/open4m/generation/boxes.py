@@ -32,12 +32,18 @@ DET_TEMPERATURE = 0.7
 FUSE_IOU = 0.5
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU ``(N, M)`` of boxes ``a (N, 4)`` and ``b (M, 4)`` given as ``[x0, y0, x1, y1]`` (continuous coordinates)."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=-1)
+    union = _area(a)[:, None] + _area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _area(boxes: np.ndarray) -> np.ndarray:
+    return np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=-1)
 
 
 def fuse_boxes(decodes: Sequence[Sequence[Mapping]], iou: float = FUSE_IOU) -> list[dict]:
@@ -61,7 +67,7 @@ def fuse_boxes(decodes: Sequence[Sequence[Mapping]], iou: float = FUSE_IOU) -> l
     entries.sort(key=lambda e: -e[0])
     clusters: list[list[tuple]] = []
     for entry in entries:
-        home = next((c for c in clusters if c[0][3] == entry[3] and _iou(c[0][2], entry[2]) >= iou), None)
+        home = next((c for c in clusters if c[0][3] == entry[3] and box_iou(c[0][2], entry[2])[0, 0] >= iou), None)
         if home is None:
             clusters.append([entry])
         else:
@@ -135,4 +141,4 @@ def _repeat(value, times: int):
                      f"{type(value).__name__}")
 
 
-__all__ = ["DET_SAMPLES", "DET_TEMPERATURE", "FUSE_IOU", "detect", "fuse_boxes"]
+__all__ = ["DET_SAMPLES", "DET_TEMPERATURE", "FUSE_IOU", "box_iou", "detect", "fuse_boxes"]

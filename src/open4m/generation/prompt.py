@@ -309,10 +309,10 @@ def _result(state: ModDict, targets: list[str], tokenizers, text_tokenizer,
             rows, row_scores = [], []
             for i in range(d["tensor"].shape[0]):
                 ids = d["tensor"][i][~d["input_mask"][i]].tolist()
-                given = token_scores[name][i] if name in token_scores else [None] * len(ids)
+                probs = token_scores[name][i] if name in token_scores else [None] * len(ids)
                 kept = [j for j, t in enumerate(ids) if t not in (0, _eos(text_tokenizer))]
                 rows.append([ids[j] for j in kept])
-                row_scores.append([given[j] for j in kept])
+                row_scores.append([probs[j] for j in kept])
             tokens[name], scores[name] = rows, row_scores
             if text_tokenizer is not None:
                 texts = [text_tokenizer.decode(r) for r in rows]
