@@ -42,11 +42,9 @@ class _FixedTokenizer:
     def sentinel_id(self, k: int) -> int:
         return 4 + k
 
-    def is_sentinel(self, token_id: int) -> bool:
-        return 4 <= int(token_id) < 204
-
-    def merge_span_masking(self, input_ids, target_ids):
-        return [t for t in target_ids[1:] if not 4 <= t < 204]
+    def merge_spans(self, input_ids, target_ids, target_values):
+        kept = [j for j in range(1, len(target_ids)) if not 4 <= target_ids[j] < 204]
+        return [target_ids[j] for j in kept], [target_values[j] for j in kept]
 
 
 def caption_state(rgb: torch.Tensor, stop: int) -> dict:

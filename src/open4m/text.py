@@ -268,23 +268,30 @@ class TextTokenizer:
         in ``target_ids``; a sentinel absent from the target becomes nothing, and target tokens before
         the first sentinel are ignored. E.g. input ``a [S_1] d`` + target ``[S_1] b c [S_2]`` → ``a b c d``.
         """
-        spans: dict[int, list[int]] = {}
+        return self.merge_spans(input_ids, target_ids)[0]
+
+    def merge_spans(self, input_ids: Sequence[int], target_ids: Sequence[int],
+                    target_values: Sequence | None = None) -> tuple[list[int], list]:
+        """:meth:`merge_span_masking`, carrying a value per target token along: ``(merged ids, values)``
+        where a token from the target keeps its ``target_values`` entry and a given one gets None."""
+        values = target_values if target_values is not None else [None] * len(target_ids)
+        spans: dict[int, list[tuple[int, object]]] = {}
         current: int | None = None
-        for token in target_ids:
+        for token, value in zip(target_ids, values, strict=True):
             token = int(token)
             if token in self._sentinel_set:
                 current = token
                 spans.setdefault(token, [])
             elif current is not None:
-                spans[current].append(token)
-        merged: list[int] = []
+                spans[current].append((token, value))
+        merged: list[tuple[int, object]] = []
         for token in input_ids:
             token = int(token)
             if token in self._sentinel_set:
                 merged.extend(spans.get(token, []))
             else:
-                merged.append(token)
-        return merged
+                merged.append((token, None))
+        return [t for t, _ in merged], [v for _, v in merged]
 
     # ----------------------------------------------------------------------------- value tokens
 

@@ -334,7 +334,8 @@ def _parse(name: str, text: str, text_tokenizer, ids: list[int], token_scores: l
     the text itself when it does not parse."""
     try:
         if name.split("@")[0] == "det":
-            word_scores = [token_scores[k] for k in text_tokenizer.word_starts(ids)]
+            scored = any(s is not None for s in token_scores)
+            word_scores = [token_scores[k] for k in text_tokenizer.word_starts(ids)] if scored else None
             return sequences.text_to_boxes(text, text_tokenizer.class_names or None, word_scores)[0]
         return sequences.from_text(name, text, text_tokenizer.class_names or None)[0]
     except ValueError:

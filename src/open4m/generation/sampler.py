@@ -15,9 +15,10 @@ Semantics follow the official sampler (OFFICIAL-4M-SPEC §5.3):
 - **ROAR**: ``k`` random still-masked positions are decoded and written.
 - **Autoregressive**: the encoder once; decoding starts from the first target token and stops at the final
   sentinel (per row); the predicted spans are merged into the input with
-  :meth:`open4m.text.TextTokenizer.merge_span_masking`, and the sequence becomes an input. The decoder's
-  self-attention keys/values and the cross-attention keys/values of the context are cached
-  (``use_cache=False`` re-runs the decoder over the whole prefix each token, as the official code does).
+  :meth:`open4m.text.TextTokenizer.merge_span_masking` (its ``merge_spans``, which carries each token's score
+  along), and the sequence becomes an input. The decoder's self-attention keys/values and the cross-attention
+  keys/values of the context are cached (``use_cache=False`` re-runs the decoder over the whole prefix each
+  token, as the official code does).
   :attr:`Sampler.token_scores` keeps the probability of every generated token (under the distribution it
   was drawn from, guidance included), aligned with the merged sequence; given tokens score None.
 - **Guidance**: ``l = l_u + sum_i w_i (l_i - l_u)``. ``l_u`` comes from the state with every guided condition
@@ -376,10 +377,7 @@ class Sampler:
             if int(stop[i]) in ids[1:]:
                 ids = ids[: ids.index(int(stop[i]), 1) + 1]
             given = entry["tensor"][i][~entry["input_mask"][i]].tolist()
-            merged = tok.merge_span_masking(given, ids)
-            row_scores = _merged_scores(tok, given, ids, probs[i, : len(ids)].tolist())
-            if len(row_scores) != len(merged):
-                raise RuntimeError(f"target {name!r}: token scores do not line up with the merged sequence")
+            merged, row_scores = tok.merge_spans(given, ids, probs[i, : len(ids)].tolist())
             merged = (merged + [tok.eos_id])[:limit]
             scores.append((row_scores + [None])[:limit])
             tensor[i, : len(merged)] = torch.tensor(merged, dtype=tensor.dtype)
@@ -392,22 +390,3 @@ class Sampler:
         }
         return entry, scores
 
-
-def _merged_scores(tok, given: list[int], ids: list[int], probs: list[float]) -> list[float | None]:
-    """The scores of ``tok.merge_span_masking(given, ids)``: the same walk, carrying each generated token's
-    probability (``probs[j]`` belongs to ``ids[j]``); given tokens get None."""
-    spans: dict[int, list[float]] = {}
-    current = None
-    for token, prob in zip(ids, probs, strict=True):
-        if tok.is_sentinel(token):
-            current = token
-            spans.setdefault(token, [])
-        elif current is not None:
-            spans[current].append(prob)
-    scores: list[float | None] = []
-    for token in given:
-        if tok.is_sentinel(token):
-            scores.extend(spans.get(token, []))
-        else:
-            scores.append(None)
-    return scores
