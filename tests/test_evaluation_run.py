@@ -51,33 +51,39 @@ def samples(val_dir):
 # ------------------------------------------------------------------ wiring: an oracle reaches the ceiling
 class Oracle:
     """Stands in for `generate`: finds the scene each condition row comes from and returns the ground truth
-    through its tokenizer, which is what the ceiling measures."""
+    through its tokenizer, which is what the ceiling measures (for a mirrored RGB row, the mirrored boxes)."""
 
     def __init__(self, samples, tokenizers):
         self.samples, self.tok = samples, tokenizers
         rgb = np.stack([s["rgb"] for s in samples])
         self.pixels = np.concatenate([to_model_pixels(rgb), to_model_pixels(tokenizers.image["tok_rgb@64"]
-                                                                             .reconstruct(rgb))])
+                                                                             .reconstruct(rgb)),
+                                      to_model_pixels(rgb[:, :, ::-1].copy())])
         self.tokens = {name: tok.encode(np.stack([s[name.split("@")[0][4:]] for s in samples]))
                        for name, tok in tokenizers.image.items()}
         self.truths = {name: tok.reconstruct(np.stack([s[name.split("@")[0][4:]] for s in samples]))
                        for name, tok in tokenizers.image.items()}
         self.calls = []
 
-    def scene_of(self, name, row) -> int:
+    def scene_of(self, name, row) -> tuple[int, bool]:
+        """(scene index, whether the row is the scene's RGB mirrored)."""
         if name == "rgb@64":
-            return int(np.argmin(np.abs(self.pixels - np.asarray(row)[None]).mean(axis=(1, 2, 3)))) % len(self.samples)
+            index = int(np.argmin(np.abs(self.pixels - np.asarray(row)[None]).mean(axis=(1, 2, 3))))
+            return index % len(self.samples), index >= 2 * len(self.samples)
         if name == "caption@64":
-            return next(i for i, s in enumerate(self.samples) if self.tok.text.encode(s["caption"]) == list(row))
-        return next(i for i, tokens in enumerate(self.tokens[name]) if np.array_equal(tokens, np.asarray(row)))
+            return next(i for i, s in enumerate(self.samples) if self.tok.text.encode(s["caption"]) == list(row)), False
+        return next(i for i, tokens in enumerate(self.tokens[name]) if np.array_equal(tokens, np.asarray(row))), False
 
-    def truth(self, target, i):
+    def truth(self, target, i, mirrored):
         s, text = self.samples[i], self.tok.text
+        assert not mirrored or target == "det@64", "only RGB->boxes decodes mirrored images"
         if target == "caption@64":
             return text.decode(text.encode(s["caption"]))
         if target == "det@64":
             boxes = [{"box": d["box"], "class": d["class"]} for d in s["det"]]
             parsed = sequences.text_to_boxes(text.decode(text.encode(sequences.boxes_to_text(boxes))), SHAPES)[0]
+            if mirrored:
+                parsed = [{**b, "box": [1 - b["box"][2], b["box"][1], 1 - b["box"][0], b["box"][3]]} for b in parsed]
             return [{**b, "score": 1.0} for b in parsed]  # generated boxes carry scores
         return self.truths[target][i]
 
@@ -85,7 +91,7 @@ class Oracle:
         (name, rows), = conditions.items()
         target = targets[0].name
         self.calls.append((name, target, len(rows)))
-        out = [self.truth(target, self.scene_of(name, row)) for row in rows]
+        out = [self.truth(target, *self.scene_of(name, row)) for row in rows]
         return GenerationResult({}, {target: out if target in ("caption@64", "det@64") else np.stack(out)})
 
 
@@ -104,11 +110,11 @@ def test_an_oracle_scores_exactly_the_tokenizer_ceiling(oracle_run):
     assert [(r["task"], r["metric"]) for r in results["metrics"]] == [(m.task, m.name) for m in METRICS]
     for row in results["metrics"]:
         assert row["model"] == pytest.approx(row["ceiling"], rel=1e-6, abs=1e-9), row
-    # chunked by batch_size: 4 scenes -> rows of 3 and 1, the judges' stacked images too; RGB->boxes adds its
-    # sampled decodes, each row twice (det_samples=2): the first batch's 3 rows as one call of 6
-    sizes = [n for _, _, n in oracle.calls]
-    assert sizes.count(6) == 1 and max(n for n in sizes if n != 6) == 3
-    assert results["settings"]["det_samples"] == 2
+    # chunked by batch_size: 4 scenes -> rows of 3 and 1, the judges' stacked images too; RGB->boxes decodes
+    # each row and its mirror greedily (3 rows -> one call of 6), then twice sampled (det_samples=2): 12
+    assert [n for _, target, n in oracle.calls if target == "det@64"][:2] == [6, 12]
+    assert max(n for _, target, n in oracle.calls if target != "det@64") == 3
+    assert results["settings"]["det_samples"] == 2 and results["settings"]["det_flip"] is True
     assert results["num_scenes"] == 4 and not results["skipped"]
 
 
@@ -162,6 +168,16 @@ def test_nothing_to_evaluate_and_unknown_tasks_are_errors(tokenizers):
     assert "no tokenizer for caption@64" in plan.skipped["rgb->caption"]
     with pytest.raises(ValueError, match="no samples"):
         evaluate_model(tiny_model(), tokenizers, [], tasks=["rgb->depth"])
+
+
+def test_refined_semseg_needs_the_box_task_and_flip_needs_rgb_pixels(samples, tokenizers, monkeypatch):
+    monkeypatch.setattr(run_module, "generate", Oracle(samples, tokenizers))
+    results = evaluate_model(tiny_model(), tokenizers, samples, num_scenes=2, tasks=["rgb->semseg"])
+    assert [r["metric"] for r in results["metrics"]] == ["miou"]
+    assert "rgb->det" in results["skipped"]["rgb->semseg/miou_refined"]
+    tokens_in = tiny_model(["tok_rgb@64"], ["tok_semseg@64"])
+    results = evaluate_model(tokens_in, tokenizers, samples, num_scenes=1, tasks=["rgb->semseg"])
+    assert results["settings"]["det_flip"] is False  # RGB tokens cannot be mirrored
 
 
 def test_caption_to_rgb_without_a_det_head_keeps_the_semseg_metrics(samples, tokenizers, monkeypatch):
@@ -283,8 +299,9 @@ def test_cli_rgb_generation_flags_reach_the_results(tmp_path, val_dir, capsys):
     model_dir = save_pretrained(tiny_model(), tmp_path / "model")
     code, out = run_cli(["--model", model_dir, "--data", val_dir, "--num-scenes", 1, "--out", tmp_path / "eval",
                          "--steps", 1, "--tasks", "depth->rgb", "--rgb-steps", 2, "--rgb-guidance", 2.5,
-                         "--rgb-temperature", 0.5], capsys)
+                         "--rgb-temperature", 0.5, "--no-det-flip", "--semseg-pixel-weight", 0.3], capsys)
     assert code == 0, out
     settings = load_results(tmp_path / "eval")["settings"]
     assert (settings["steps"], settings["rgb_steps"], settings["rgb_guidance"], settings["rgb_temperature"]) == \
         (1, 2, 2.5, 0.5)
+    assert settings["det_flip"] is False and settings["semseg_pixel_weight"] == 0.3

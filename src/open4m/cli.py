@@ -237,7 +237,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, steps=args.steps, temperature=args.temperature,
                               rgb_temperature=args.rgb_temperature, rgb_steps=args.rgb_steps,
                               rgb_guidance=args.rgb_guidance, det_samples=args.det_samples,
-                              det_temperature=args.det_temperature, seed=args.seed, progress=args.progress,
+                              det_temperature=args.det_temperature, det_flip=args.det_flip,
+                              semseg_pixel_weight=args.semseg_pixel_weight, seed=args.seed, progress=args.progress,
                               tasks=args.tasks.split(",") if args.tasks else None)
     print(format_table(results), end="")
     print(f"{results['num_scenes']} scenes in {results['seconds']['total']:.1f} s; report in {args.out}")
@@ -247,6 +248,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _add_eval_parser(sub) -> None:
     from open4m.generation.boxes import DET_SAMPLES, DET_TEMPERATURE
     from open4m.generation.runner import RGB_GUIDANCE
+    from open4m.generation.segmentation import PIXEL_WEIGHT
 
     p = sub.add_parser("eval", help="evaluate a world 4M model on held-out world scenes (metrics + tokenizer ceilings)",
                        description="RGB->depth/normal/semseg/boxes/caption, caption->RGB and depth/semseg->RGB "
@@ -277,6 +279,12 @@ def _add_eval_parser(sub) -> None:
                    "alone); boxes are scored and mAP ranks by score")
     p.add_argument("--det-temperature", type=float, default=DET_TEMPERATURE,
                    help=f"sampling temperature of those decodes (default {DET_TEMPERATURE:g})")
+    p.add_argument("--no-det-flip", dest="det_flip", action="store_false",
+                   help="RGB->boxes: do not also decode the mirrored image (by default the greedy and sampled "
+                   "decodes run on the image and on its mirror, boxes mirrored back, all fused)")
+    p.add_argument("--semseg-pixel-weight", type=float, default=PIXEL_WEIGHT,
+                   help="RGB->semseg miou_refined: the predicted map's vote for its own label against the box scores "
+                   f"when object pixels are relabelled by the model's boxes (default {PIXEL_WEIGHT:g})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="cpu", help="device of the model and image tokenizers: cpu or cuda")
     p.add_argument("--tasks", help="comma-separated subset, e.g. rgb->depth,caption->rgb (default: all)")

@@ -142,3 +142,64 @@ def test_detect_rejects_a_non_box_target_and_bad_settings(world, world_rgb):
         detect(model, {"rgb@64": pixels}, "det@64", text_tokenizer=tokenizers.text, samples=-1)
     with pytest.raises(ValueError, match="temperature > 0"):
         detect(model, {"rgb@64": pixels}, "det@64", text_tokenizer=tokenizers.text, temperature=0.0)
+
+
+def _mirror(boxes):
+    return [{**b, "box": [1 - b["box"][2], b["box"][1], 1 - b["box"][0], b["box"][3]]} for b in boxes]
+
+
+def test_flip_fuses_the_decodes_of_the_image_and_of_its_mirror_mapped_back(world, world_rgb):
+    model, tokenizers = world
+    pixels = to_model_pixels(world_rgb)
+    mirrored = to_model_pixels(world_rgb[:, :, ::-1].copy())
+    want = []
+    for image in (pixels, mirrored):
+        greedy = generate(model, {"rgb@64": image}, [TargetSpec("det@64", temperature=0.0)],
+                          tokenizers=tokenizers.image, text_tokenizer=tokenizers.text)
+        want.append(greedy.decoded["det@64"])
+    got = detect(model, {"rgb@64": pixels}, "det@64", text_tokenizer=tokenizers.text, samples=0, flip=True)
+    for row, boxes in enumerate(got):
+        expected = fuse_boxes([want[0][row], _mirror(want[1][row])])
+        assert [(b["class"], b["score"]) for b in boxes] == [(b["class"], pytest.approx(b["score"])) for b in expected]
+        assert all(g["box"] == pytest.approx(e["box"]) for g, e in zip(boxes, expected, strict=True))
+    # the two views of the mirrored image are the two views of the image: its boxes are the mirror of these
+    again = detect(model, {"rgb@64": mirrored}, "det@64", text_tokenizer=tokenizers.text, samples=0, flip=True)
+    for a, b in zip(again, got, strict=True):
+        key = lambda box: (box["class"], round(box["score"], 4))  # noqa: E731
+        for x, y in zip(sorted(a, key=key), sorted(_mirror(b), key=key), strict=True):
+            assert x["class"] == y["class"] and x["box"] == pytest.approx(y["box"], abs=1e-4)
+
+
+def test_flip_gives_a_row_the_same_boxes_whatever_its_batch(world, world_rgb):
+    model, tokenizers = world
+    pixels = to_model_pixels(world_rgb)
+    both = detect(model, {"rgb@64": pixels}, "det@64", text_tokenizer=tokenizers.text, samples=2, flip=True,
+                  seed=[4, 9, 1])
+    alone = detect(model, {"rgb@64": pixels[2:]}, "det@64", text_tokenizer=tokenizers.text, samples=2, flip=True,
+                   seed=[1])
+    assert [b["class"] for b in both[2]] == [b["class"] for b in alone[0]]
+    for a, b in zip(both[2], alone[0], strict=True):
+        assert a["box"] == pytest.approx(b["box"], abs=1e-6) and a["score"] == pytest.approx(b["score"], abs=1e-6)
+
+
+def test_flip_mirrors_images_only(world, world_rgb):
+    model, tokenizers = world
+    pixels = to_model_pixels(world_rgb[:1])
+    with pytest.raises(ValueError, match=r"'caption@64' \(sequence\) cannot be mirrored"):
+        detect(model, {"rgb@64": pixels, "caption@64": ["one object."]}, "det@64", text_tokenizer=tokenizers.text,
+               flip=True)
+    tokens = tokenizers.image["tok_rgb@64"].encode(world_rgb[:1])
+    with pytest.raises(ValueError, match=r"'tok_rgb@64' \(image_tokens\) cannot be mirrored"):
+        detect(model, {"tok_rgb@64": tokens}, "det@64", text_tokenizer=tokenizers.text, flip=True)
+
+
+def test_flip_mirrors_raw_images_that_a_tokenizer_encodes(world):
+    model, tokenizers = world
+    depth = np.stack([render_scene(10**9 + k)["depth"] for k in range(2)]).astype(np.float32)
+    kwargs = dict(text_tokenizer=tokenizers.text, tokenizers=tokenizers.image, samples=0)
+    got = detect(model, {"tok_depth@64": depth}, "det@64", flip=True, **kwargs)
+    views = [detect(model, {"tok_depth@64": d}, "det@64", **kwargs) for d in (depth, depth[:, :, ::-1].copy())]
+    for row, boxes in enumerate(got):
+        expected = fuse_boxes([views[0][row], _mirror(views[1][row])])
+        assert [b["class"] for b in boxes] == [b["class"] for b in expected]
+        assert all(g["box"] == pytest.approx(e["box"]) for g, e in zip(boxes, expected, strict=True))

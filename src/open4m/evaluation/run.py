@@ -5,9 +5,11 @@ target with :func:`open4m.generation.prompt.generate` (MaskGIT for image tokens,
 sequences; by default predictions are greedy, image ones in a single step, while generated RGB images are
 sampled at ``rgb_temperature`` over ``rgb_steps`` with classifier-free guidance ``rgb_guidance``, since greedy
 MaskGIT collapses an image to its most likely flat layout and unguided captions barely steer it; boxes fuse a
-greedy and several sampled decodes, :func:`open4m.generation.boxes.detect`), decodes it with the tokenizer
-set, and adds to pooled statistics, so memory does not grow with the number of scenes. Each row's random
-generator is seeded with ``seed + scene index``: results do not depend on the batch size.
+greedy and several sampled decodes of the image and of its mirror, :func:`open4m.generation.boxes.detect`),
+decodes it with the tokenizer set, and adds to pooled statistics (RGB->semseg also once refined by the model's
+own boxes, :func:`open4m.generation.segmentation.refine_with_boxes`), so memory does not grow with the number
+of scenes. Each row's random generator is seeded with ``seed + scene index``: results do not depend on the
+batch size.
 """
 
 from __future__ import annotations
@@ -25,15 +27,18 @@ from open4m.evaluation import metrics
 from open4m.evaluation import tasks as task_table
 from open4m.evaluation.captions import parse_caption, scene_truth, score_caption
 from open4m.evaluation.tasks import CAPTION, DEPTH, DET, SEMSEG, TARGETS, TOK_RGB, plan_tasks
-from open4m.generation.boxes import DET_SAMPLES, DET_TEMPERATURE, detect
+from open4m.generation.boxes import DET_FLIP, DET_SAMPLES, DET_TEMPERATURE, detect
 from open4m.generation.prompt import generate
 from open4m.generation.runner import RGB_GUIDANCE
 from open4m.generation.sampler import TargetSpec
+from open4m.generation.segmentation import PIXEL_WEIGHT, refine_with_boxes
 from open4m.pixels import to_model_pixels
 from open4m.runtime import tune_cpu
 
 FORMAT = "open4m-eval/1"
 COLUMNS = ("model", "ceiling")
+SHAPE_LABELS = {shape: SEMSEG_CLASSES.index(shape) for shape in SHAPES}
+REFINED_SEMSEG = "rgb->semseg/miou_refined"
 
 
 class _Pool:
@@ -70,12 +75,14 @@ class _Pool:
 class _Evaluator:
     def __init__(self, model, tokenizers, plan, *, batch_size: int, steps: int, temperature: float, seed: int,
                  min_class_pixels: int, rgb_temperature: float, rgb_steps: int, rgb_guidance: float,
-                 det_samples: int, det_temperature: float) -> None:
+                 det_samples: int, det_temperature: float, det_flip: bool, semseg_pixel_weight: float) -> None:
         self.model, self.tok, self.plan = model, tokenizers, plan
         self.batch_size, self.steps, self.temperature, self.seed = batch_size, steps, temperature, seed
         self.rgb_temperature, self.rgb_steps, self.rgb_guidance = rgb_temperature, rgb_steps, rgb_guidance
         self.min_class_pixels = min_class_pixels
-        self.det_samples, self.det_temperature = det_samples, det_temperature
+        self.det_samples, self.det_temperature, self.det_flip = det_samples, det_temperature, det_flip
+        self.semseg_pixel_weight = semseg_pixel_weight
+        self.batch_outputs: dict[str, object] = {}
         self.pool = _Pool()
         self.seconds = {task: 0.0 for task in plan.tasks}
 
@@ -117,10 +124,13 @@ class _Evaluator:
         tasks = self.plan.tasks
         from_rgb = {"rgb->depth": self._depth, "rgb->normal": self._normal, "rgb->semseg": self._semseg,
                     "rgb->det": self._det, "rgb->caption": self._caption}
+        self.batch_outputs = {}
         for task in (t for t in tasks if t in from_rgb):
             start = time.perf_counter()
             from_rgb[task](samples, truth, rgb_in, seeds)
             self.seconds[task] += time.perf_counter() - start
+        if "rgb->semseg" in self.batch_outputs and "rgb->det" in self.batch_outputs:
+            self._refined_semseg(truth)
         to_rgb = [t for t in tasks if t not in TARGETS]
         if to_rgb:
             self._to_rgb(to_rgb, samples, truth, seeds)
@@ -142,19 +152,36 @@ class _Evaluator:
                 self.pool.add(f"rgb->normal/{name}", column, m[name], m["pixels"])
 
     def _semseg(self, samples, truth, rgb_in, seeds) -> None:
-        for column, pred in zip(COLUMNS, self._image_task("rgb->semseg", "semseg", truth, rgb_in, seeds), strict=True):
+        maps = self._image_task("rgb->semseg", "semseg", truth, rgb_in, seeds)
+        self.batch_outputs["rgb->semseg"] = maps
+        for column, pred in zip(COLUMNS, maps, strict=True):
             self.pool.add_confusion("rgb->semseg/miou", column, metrics.semseg_confusion(truth["semseg"], pred))
+
+    def _refined_semseg(self, truth) -> None:
+        """The batch's semseg maps refined by its boxes (the ceiling's by the true boxes, score 1)."""
+        for column, labels, boxes in zip(COLUMNS, self.batch_outputs["rgb->semseg"], self.batch_outputs["rgb->det"],
+                                         strict=True):
+            refined = refine_with_boxes(np.asarray(labels), boxes, SHAPE_LABELS, self.semseg_pixel_weight)
+            self.pool.add_confusion(REFINED_SEMSEG, column, metrics.semseg_confusion(truth["semseg"], refined))
 
     def _det(self, samples, truth, rgb_in, seeds) -> None:
         predicted = detect(self.model, rgb_in, DET, text_tokenizer=self.tok.text, tokenizers=self.tok.image,
-                           samples=self.det_samples, temperature=self.det_temperature, seed=seeds)
+                           samples=self.det_samples, temperature=self.det_temperature, flip=self.flip, seed=seeds)
+        columns = ([], [])
         for s, boxes in zip(samples, predicted, strict=True):
             true_boxes = [{"box": d["box"], "class": d["class"]} for d in s["det"]]
             text = self.text_roundtrip(DET, sequences.boxes_to_text(true_boxes))
             roundtrip, _ = sequences.text_to_boxes(text, SHAPES)
-            for column, pred in zip(COLUMNS, (_boxes(boxes), roundtrip), strict=True):
+            for column, pred, kept in zip(COLUMNS, (_boxes(boxes), roundtrip), columns, strict=True):
                 self.pool.boxes[column][0].append(pred)
                 self.pool.boxes[column][1].append(true_boxes)
+                kept.append([{"score": 1.0, **b} for b in pred])
+        self.batch_outputs["rgb->det"] = columns
+
+    @property
+    def flip(self) -> bool:
+        """Whether RGB->boxes also decodes the mirrored image: asked for, and the model takes RGB as pixels."""
+        return bool(self.det_flip and self.plan.rgb_input and modalities.get(self.plan.rgb_input).kind == "pixels")
 
     def _caption(self, samples, truth, rgb_in, seeds) -> None:
         captions = self.generate(rgb_in, CAPTION, seeds)
@@ -235,6 +262,9 @@ class _Evaluator:
             if judge is not None and judge not in self.plan.outputs:
                 skipped[m.key] = f"its judge needs RGB->{judge}, which the model cannot generate"
                 continue
+            if m.key == REFINED_SEMSEG and "rgb->det" not in self.plan.tasks:
+                skipped[m.key] = "it refines the semseg maps with the model's RGB->boxes (the rgb->det task)"
+                continue
             values = {c: self.pool.value(m.key, c) for c in COLUMNS}
             rows.append({"task": m.task, "metric": m.name, **values, "higher_is_better": m.higher_is_better,
                          "description": m.description})
@@ -274,6 +304,8 @@ def evaluate_model(
     rgb_guidance: float = RGB_GUIDANCE,
     det_samples: int = DET_SAMPLES,
     det_temperature: float = DET_TEMPERATURE,
+    det_flip: bool = DET_FLIP,
+    semseg_pixel_weight: float = PIXEL_WEIGHT,
     seed: int = 0,
     tasks: list[str] | None = None,
     min_class_pixels: int = 4,
@@ -299,6 +331,13 @@ def evaluate_model(
         det_samples, det_temperature: RGB->boxes fuses one greedy decode and ``det_samples`` sampled at
             ``det_temperature`` (:func:`open4m.generation.boxes.detect`; boxes scored, mAP ranks by score);
             0 = the greedy decode alone. The caption->RGB judge reads one greedy decode.
+        det_flip: RGB->boxes decodes the mirrored image as well (as many decodes again, boxes mirrored back
+            and fused with the rest); only for models that take RGB as pixels (``rgb@64``), the setting
+            recorded is the one used.
+        semseg_pixel_weight: the refined RGB->semseg row (``miou_refined``) relabels the object pixels of the
+            predicted map by the fused boxes with this weight for the map's own label
+            (:func:`open4m.generation.segmentation.refine_with_boxes`; its ceiling: the semseg ceiling refined
+            by the true boxes); needs the rgb->det task.
         seed: row i of the set samples with generator seed ``seed + i``.
         tasks: a subset of :data:`open4m.evaluation.tasks.TASKS` (default all).
         min_class_pixels: caption->rgb counts a shape class as present in a judged semseg map from this many pixels.
@@ -317,15 +356,18 @@ def evaluate_model(
     if num_scenes < 1 or batch_size < 1 or steps < 1 or rgb_steps < 1:
         raise ValueError(f"num_scenes, batch_size, steps and rgb_steps must be >= 1, got {num_scenes}, {batch_size}, "
                          f"{steps}, {rgb_steps}")
+    if semseg_pixel_weight < 0:
+        raise ValueError(f"semseg_pixel_weight must be >= 0, got {semseg_pixel_weight}")
     plan = plan_tasks(model, tokenizers, tasks)
-    settings = {"batch_size": batch_size, "steps": steps, "temperature": temperature,
-                "rgb_temperature": rgb_temperature, "rgb_steps": rgb_steps, "rgb_guidance": rgb_guidance,
-                "det_samples": det_samples, "det_temperature": det_temperature, "seed": seed,
-                "min_class_pixels": min_class_pixels}
     evaluator = _Evaluator(model, tokenizers, plan, batch_size=batch_size, steps=steps, temperature=temperature,
                            seed=seed, min_class_pixels=min_class_pixels, rgb_temperature=rgb_temperature,
                            rgb_steps=rgb_steps, rgb_guidance=rgb_guidance, det_samples=det_samples,
-                           det_temperature=det_temperature)
+                           det_temperature=det_temperature, det_flip=det_flip,
+                           semseg_pixel_weight=semseg_pixel_weight)
+    settings = {"batch_size": batch_size, "steps": steps, "temperature": temperature,
+                "rgb_temperature": rgb_temperature, "rgb_steps": rgb_steps, "rgb_guidance": rgb_guidance,
+                "det_samples": det_samples, "det_temperature": det_temperature, "det_flip": evaluator.flip,
+                "semseg_pixel_weight": semseg_pixel_weight, "seed": seed, "min_class_pixels": min_class_pixels}
     was_training = model.training
     model.eval()
     start, done = time.perf_counter(), 0

@@ -39,6 +39,8 @@ METRICS: list[Metric] = [
     Metric("rgb->normal", "angle_deg", False, "mean angular error (degrees) over non-sky pixels"),
     Metric("rgb->normal", "within_11_25", True, "fraction of non-sky pixels with an angular error < 11.25 deg"),
     Metric("rgb->semseg", "miou", True, "mean IoU over the 6 world classes present (pooled confusion)"),
+    Metric("rgb->semseg", "miou_refined", True,
+           "mean IoU once each object pixel takes the class its covering boxes (the model's RGB->boxes) vote for"),
     Metric("rgb->det", "map50", True, "box mAP@0.5 over the 4 shapes (boxes ranked by score)"),
     Metric("rgb->caption", "count_acc", True, "the stated object count equals the visible count"),
     Metric("rgb->caption", "color_acc", True, "stated colours that a visible object of that shape has"),
