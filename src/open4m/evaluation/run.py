@@ -27,7 +27,7 @@ from open4m.evaluation import metrics
 from open4m.evaluation import tasks as task_table
 from open4m.evaluation.captions import parse_caption, scene_truth, score_caption
 from open4m.evaluation.tasks import CAPTION, DEPTH, DET, SEMSEG, TARGETS, TOK_RGB, plan_tasks
-from open4m.generation.boxes import DET_FLIP, DET_SAMPLES, DET_TEMPERATURE, detect
+from open4m.generation.boxes import DET_SAMPLES, DET_TEMPERATURE, detect
 from open4m.generation.prompt import generate
 from open4m.generation.runner import RGB_GUIDANCE
 from open4m.generation.sampler import TargetSpec
@@ -167,7 +167,7 @@ class _Evaluator:
     def _det(self, samples, truth, rgb_in, seeds) -> None:
         predicted = detect(self.model, rgb_in, DET, text_tokenizer=self.tok.text, tokenizers=self.tok.image,
                            samples=self.det_samples, temperature=self.det_temperature, flip=self.flip, seed=seeds)
-        columns = ([], [])
+        columns = ([], [])  # per column, the batch's box lists for the refined semseg (true boxes count 1.0)
         for s, boxes in zip(samples, predicted, strict=True):
             true_boxes = [{"box": d["box"], "class": d["class"]} for d in s["det"]]
             text = self.text_roundtrip(DET, sequences.boxes_to_text(true_boxes))
@@ -175,7 +175,7 @@ class _Evaluator:
             for column, pred, kept in zip(COLUMNS, (_boxes(boxes), roundtrip), columns, strict=True):
                 self.pool.boxes[column][0].append(pred)
                 self.pool.boxes[column][1].append(true_boxes)
-                kept.append([{"score": 1.0, **b} for b in pred])
+                kept.append([{"score": 1.0, **b} for b in pred])  # a generated box keeps its own score
         self.batch_outputs["rgb->det"] = columns
 
     @property
@@ -304,7 +304,7 @@ def evaluate_model(
     rgb_guidance: float = RGB_GUIDANCE,
     det_samples: int = DET_SAMPLES,
     det_temperature: float = DET_TEMPERATURE,
-    det_flip: bool = DET_FLIP,
+    det_flip: bool = True,
     semseg_pixel_weight: float = PIXEL_WEIGHT,
     seed: int = 0,
     tasks: list[str] | None = None,

@@ -36,7 +36,6 @@ from open4m.generation.sampler import TargetSpec
 DET_SAMPLES = 8
 DET_TEMPERATURE = 0.7
 FUSE_IOU = 0.5
-DET_FLIP = True
 # Sampled decodes of the mirrored view draw from seeds this far above the original view's.
 MIRROR_SEED_OFFSET = 2**32
 
@@ -185,5 +184,4 @@ def _repeat(value, times: int):
                      f"{type(value).__name__}")
 
 
-__all__ = ["DET_FLIP", "DET_SAMPLES", "DET_TEMPERATURE", "FUSE_IOU", "MIRROR_SEED_OFFSET", "box_iou", "detect",
-           "fuse_boxes"]
+__all__ = ["DET_SAMPLES", "DET_TEMPERATURE", "FUSE_IOU", "MIRROR_SEED_OFFSET", "box_iou", "detect", "fuse_boxes"]
