@@ -44,6 +44,7 @@ def test_the_map_keeps_its_label_against_a_box_weaker_than_its_own_vote():
     weak = [[_box(0.0, 0.0, 0.5, 1.0, "cylinder", 0.05)]]
     np.testing.assert_array_equal(refine_with_boxes(labels, weak, IDS, pixel_weight=0.1), labels)
     np.testing.assert_array_equal(refine_with_boxes(labels, weak, IDS, pixel_weight=0.0)[0, 2:6, 1:4], 4)
+    np.testing.assert_array_equal(refine_with_boxes(labels, [[]], IDS, pixel_weight=0.0), labels)  # no box, no change
 
 
 def test_overlapping_boxes_vote_by_score_and_agreeing_boxes_add_up():

@@ -70,6 +70,7 @@ def refine_with_boxes(
     out = labels.copy()
     for row, (label_map, row_boxes) in enumerate(zip(labels, boxes, strict=True)):
         votes = pixel_weight * (label_map[None] == ids[:, None, None]).astype(np.float64)
+        covered = np.zeros(label_map.shape, bool)
         for b in row_boxes:
             if b["class"] not in class_ids:
                 raise ValueError(f"refine_with_boxes: box class {b['class']!r} is not in class_ids {names}")
@@ -78,7 +79,8 @@ def refine_with_boxes(
             x0, y0, x1, y1 = b["box"]
             inside = ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
             votes[names.index(b["class"])] += float(b["score"]) * inside
-        objects = np.isin(label_map, ids)
+            covered |= inside
+        objects = np.isin(label_map, ids) & covered  # a pixel no box covers keeps its label, whatever pixel_weight
         out[row][objects] = ids[votes.argmax(0)][objects]
     return out
 
