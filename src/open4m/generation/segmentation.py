@@ -3,7 +3,7 @@
 A 4M model predicts a label map (a semseg target) and a scored box list (a det target) from the same image.
 On the world model the two disagree in a telling way: the label map has sharp object outlines but often the
 wrong class for a whole object (cubes and cylinders swapped), while the boxes, fused over several decodes
-(:func:`open4m.generation.boxes.detect`), name the class far more often right (512 test-split scenes: the
+(:func:`open4m.generation.boxes.detect`), name the class far more often right (128 val scenes: the
 best-scoring box over an object names its shape 81% of the time, the map's majority label 70%).
 :func:`refine_with_boxes` keeps the map's outline and takes the class from the boxes: every pixel the map
 gives to an object class (one a box can name) is relabelled with the object class of the largest vote
