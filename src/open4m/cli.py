@@ -275,8 +275,8 @@ def _add_eval_parser(sub) -> None:
                    help=f"classifier-free guidance scale of generated RGB on its condition (default {RGB_GUIDANCE:g}; "
                    "1 = none)")
     p.add_argument("--det-samples", type=int, default=DET_SAMPLES,
-                   help=f"RGB->boxes: sampled decodes fused with the greedy one (default {DET_SAMPLES}; 0 = greedy "
-                   "alone); boxes are scored and mAP ranks by score")
+                   help=f"RGB->boxes: sampled decodes fused with the greedy one, per view (default {DET_SAMPLES}; 0 "
+                   "with --no-det-flip = the greedy decode alone); boxes are scored and mAP ranks by score")
     p.add_argument("--det-temperature", type=float, default=DET_TEMPERATURE,
                    help=f"sampling temperature of those decodes (default {DET_TEMPERATURE:g})")
     p.add_argument("--no-det-flip", dest="det_flip", action="store_false",
