@@ -49,34 +49,47 @@ def samples(val_dir):
 
 
 # ------------------------------------------------------------------ wiring: an oracle reaches the ceiling
+def _moved(rgb: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """(B, H, W, 3) moved dx right and dy down, the vacated columns / rows repeating the edge."""
+    h, w = rgb.shape[1:3]
+    return rgb[:, np.clip(np.arange(h) - dy, 0, h - 1)][:, :, np.clip(np.arange(w) - dx, 0, w - 1)]
+
+
 class Oracle:
     """Stands in for `generate`: finds the scene each condition row comes from and returns the ground truth
-    through its tokenizer, which is what the ceiling measures (for a mirrored RGB row, the mirrored boxes)."""
+    through its tokenizer, which is what the ceiling measures (for a mirrored or shifted RGB row, the boxes
+    mirrored or shifted)."""
 
     def __init__(self, samples, tokenizers):
         self.samples, self.tok = samples, tokenizers
         rgb = np.stack([s["rgb"] for s in samples])
-        self.pixels = np.concatenate([to_model_pixels(rgb), to_model_pixels(tokenizers.image["tok_rgb@64"]
-                                                                             .reconstruct(rgb)),
-                                      to_model_pixels(rgb[:, :, ::-1].copy())])
+        # every view RGB->boxes may decode: (name, dx, dy) for the image, its reconstruction, mirror and shifts
+        self.views = [("image", 0, 0), ("reconstruction", 0, 0), ("mirror", 0, 0)] + [
+            ("shift", dx, dy) for dx, dy in boxes_module.SHIFTS]
+        images = [rgb, tokenizers.image["tok_rgb@64"].reconstruct(rgb), rgb[:, :, ::-1]] + [
+            _moved(rgb, dx, dy) for _, dx, dy in self.views[3:]]
+        self.pixels = np.concatenate([to_model_pixels(np.ascontiguousarray(x)) for x in images])
         self.tokens = {name: tok.encode(np.stack([s[name.split("@")[0][4:]] for s in samples]))
                        for name, tok in tokenizers.image.items()}
         self.truths = {name: tok.reconstruct(np.stack([s[name.split("@")[0][4:]] for s in samples]))
                        for name, tok in tokenizers.image.items()}
         self.calls = []
 
-    def scene_of(self, name, row) -> tuple[int, bool]:
-        """(scene index, whether the row is the scene's RGB mirrored)."""
+    def scene_of(self, name, row) -> tuple[int, tuple]:
+        """(scene index, the view of it the row shows)."""
         if name == "rgb@64":
             index = int(np.argmin(np.abs(self.pixels - np.asarray(row)[None]).mean(axis=(1, 2, 3))))
-            return index % len(self.samples), index >= 2 * len(self.samples)
+            return index % len(self.samples), self.views[index // len(self.samples)]
+        plain = self.views[0]
         if name == "caption@64":
-            return next(i for i, s in enumerate(self.samples) if self.tok.text.encode(s["caption"]) == list(row)), False
-        return next(i for i, tokens in enumerate(self.tokens[name]) if np.array_equal(tokens, np.asarray(row))), False
+            return next(i for i, s in enumerate(self.samples) if self.tok.text.encode(s["caption"]) == list(row)), plain
+        return next(i for i, tokens in enumerate(self.tokens[name]) if np.array_equal(tokens, np.asarray(row))), plain
 
-    def truth(self, target, i, mirrored):
+    def truth(self, target, i, view):
         s, text = self.samples[i], self.tok.text
-        assert not mirrored or target == "det@64", "only RGB->boxes decodes mirrored images"
+        kind, dx, dy = view
+        mirrored, shifted = kind == "mirror", kind == "shift"
+        assert not (mirrored or shifted) or target == "det@64", "only RGB->boxes decodes mirrored or shifted images"
         if target == "caption@64":
             return text.decode(text.encode(s["caption"]))
         if target == "det@64":
@@ -84,6 +97,9 @@ class Oracle:
             parsed = sequences.text_to_boxes(text.decode(text.encode(sequences.boxes_to_text(boxes))), SHAPES)[0]
             if mirrored:
                 parsed = [{**b, "box": [1 - b["box"][2], b["box"][1], 1 - b["box"][0], b["box"][3]]} for b in parsed]
+            if shifted:  # the boxes where the moved image shows them (an oracle: not clipped to the image)
+                parsed = [{**b, "box": [c + o / 64 for c, o in zip(b["box"], (dx, dy, dx, dy), strict=True)]}
+                          for b in parsed]
             return [{**b, "score": 1.0} for b in parsed]  # generated boxes carry scores
         return self.truths[target][i]
 
@@ -111,10 +127,12 @@ def test_an_oracle_scores_exactly_the_tokenizer_ceiling(oracle_run):
     for row in results["metrics"]:
         assert row["model"] == pytest.approx(row["ceiling"], rel=1e-6, abs=1e-9), row
     # chunked by batch_size: 4 scenes -> rows of 3 and 1, the judges' stacked images too; RGB->boxes decodes
-    # each row and its mirror greedily (3 rows -> one call of 6), then twice sampled (det_samples=2): 12
-    assert [n for _, target, n in oracle.calls if target == "det@64"][:2] == [6, 12]
+    # each row, its mirror and its 8 shifted views greedily (3 rows -> one call of 30), then the image and its
+    # mirror twice sampled (det_samples=2): 12
+    assert [n for _, target, n in oracle.calls if target == "det@64"][:2] == [30, 12]
     assert max(n for _, target, n in oracle.calls if target != "det@64") == 3
     assert results["settings"]["det_samples"] == 2 and results["settings"]["det_flip"] is True
+    assert results["settings"]["det_shifts"] == [list(shift) for shift in boxes_module.SHIFTS]
     assert results["num_scenes"] == 4 and not results["skipped"]
 
 
@@ -178,6 +196,7 @@ def test_refined_semseg_needs_the_box_task_and_flip_needs_rgb_pixels(samples, to
     tokens_in = tiny_model(["tok_rgb@64"], ["tok_semseg@64"])
     results = evaluate_model(tokens_in, tokenizers, samples, num_scenes=1, tasks=["rgb->semseg"])
     assert results["settings"]["det_flip"] is False  # RGB tokens cannot be mirrored
+    assert results["settings"]["det_shifts"] == []  # nor shifted
 
 
 def test_caption_to_rgb_without_a_det_head_keeps_the_semseg_metrics(samples, tokenizers, monkeypatch):
@@ -299,9 +318,11 @@ def test_cli_rgb_generation_flags_reach_the_results(tmp_path, val_dir, capsys):
     model_dir = save_pretrained(tiny_model(), tmp_path / "model")
     code, out = run_cli(["--model", model_dir, "--data", val_dir, "--num-scenes", 1, "--out", tmp_path / "eval",
                          "--steps", 1, "--tasks", "depth->rgb", "--rgb-steps", 2, "--rgb-guidance", 2.5,
-                         "--rgb-temperature", 0.5, "--no-det-flip", "--semseg-pixel-weight", 0.3], capsys)
+                         "--rgb-temperature", 0.5, "--no-det-flip", "--det-shift", 3, "--semseg-pixel-weight", 0.3],
+                        capsys)
     assert code == 0, out
     settings = load_results(tmp_path / "eval")["settings"]
     assert (settings["steps"], settings["rgb_steps"], settings["rgb_guidance"], settings["rgb_temperature"]) == \
         (1, 2, 2.5, 0.5)
     assert settings["det_flip"] is False and settings["semseg_pixel_weight"] == 0.3
+    assert settings["det_shifts"] == [[-3, -3], [0, -3], [3, -3], [-3, 0], [3, 0], [-3, 3], [0, 3], [3, 3]]

@@ -231,6 +231,7 @@ def _add_train_parser(sub) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from open4m.evaluation import format_table
     from open4m.evaluation.run import evaluate_folder
+    from open4m.generation.boxes import neighbour_shifts
 
     results = evaluate_folder(args.model, args.data, args.out, tokenizers_dir=args.tokenizers, device=args.device,
                               num_scenes=args.num_scenes, overwrite=args.overwrite, baseline=args.baseline,
@@ -238,7 +239,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                               rgb_temperature=args.rgb_temperature, rgb_steps=args.rgb_steps,
                               rgb_guidance=args.rgb_guidance, det_samples=args.det_samples,
                               det_temperature=args.det_temperature, det_flip=args.det_flip,
-                              semseg_pixel_weight=args.semseg_pixel_weight, seed=args.seed, progress=args.progress,
+                              det_shifts=neighbour_shifts(args.det_shift), semseg_pixel_weight=args.semseg_pixel_weight,
+                              seed=args.seed, progress=args.progress,
                               tasks=args.tasks.split(",") if args.tasks else None)
     print(format_table(results), end="")
     print(f"{results['num_scenes']} scenes in {results['seconds']['total']:.1f} s; report in {args.out}")
@@ -246,7 +248,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _add_eval_parser(sub) -> None:
-    from open4m.generation.boxes import DET_SAMPLES, DET_TEMPERATURE
+    from open4m.generation.boxes import DET_SHIFT, DET_TEMPERATURE
     from open4m.generation.runner import RGB_GUIDANCE
     from open4m.generation.segmentation import PIXEL_WEIGHT
 
@@ -274,14 +276,18 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--rgb-guidance", type=float, default=RGB_GUIDANCE,
                    help=f"classifier-free guidance scale of generated RGB on its condition (default {RGB_GUIDANCE:g}; "
                    "1 = none)")
-    p.add_argument("--det-samples", type=int, default=DET_SAMPLES,
-                   help=f"RGB->boxes: sampled decodes fused with the greedy one, per view (default {DET_SAMPLES}; 0 "
-                   "with --no-det-flip = the greedy decode alone); boxes are scored and mAP ranks by score")
+    p.add_argument("--det-samples", type=int, default=0,
+                   help="RGB->boxes: sampled decodes fused with the greedy ones, per unshifted view (default 0: "
+                   "greedy decodes of the views only); boxes are scored and mAP ranks by score")
     p.add_argument("--det-temperature", type=float, default=DET_TEMPERATURE,
                    help=f"sampling temperature of those decodes (default {DET_TEMPERATURE:g})")
     p.add_argument("--no-det-flip", dest="det_flip", action="store_false",
-                   help="RGB->boxes: do not also decode the mirrored image (by default the greedy and sampled "
-                   "decodes run on the image and on its mirror, boxes mirrored back, all fused)")
+                   help="RGB->boxes: do not also decode the mirrored image (by default its boxes are mirrored back "
+                   "and fused with the rest)")
+    p.add_argument("--det-shift", type=int, default=DET_SHIFT, metavar="PIXELS",
+                   help="RGB->boxes: also decode the eight views of the image moved by PIXELS in x and / or y (one "
+                   f"greedy decode each, boxes moved back and fused; default {DET_SHIFT}; 0 = none; "
+                   "--det-shift 0 --no-det-flip = the greedy decode of the image alone)")
     p.add_argument("--semseg-pixel-weight", type=float, default=PIXEL_WEIGHT,
                    help="RGB->semseg miou_refined: the predicted map's vote for its own label against the box scores "
                    f"when object pixels are relabelled by the model's boxes (default {PIXEL_WEIGHT:g})")

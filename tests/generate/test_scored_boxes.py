@@ -8,7 +8,7 @@ from generation_helpers import caption_state, small_model, text_tokenizer
 from open4m.data.world import render_scene
 from open4m.evaluation.run import load_model_and_tokenizers
 from open4m.generation import Partial, Sampler, TargetSpec, generate
-from open4m.generation.boxes import detect, fuse_boxes
+from open4m.generation.boxes import MIRROR_SEED_OFFSET, SHIFTS, detect, fuse_boxes, neighbour_shifts
 from open4m.pixels import to_model_pixels
 from open4m.shipped import world_model_dir
 
@@ -203,3 +203,98 @@ def test_flip_mirrors_raw_images_that_a_tokenizer_encodes(world):
         expected = fuse_boxes([views[0][row], _mirror(views[1][row])])
         assert [b["class"] for b in boxes] == [b["class"] for b in expected]
         assert all(g["box"] == pytest.approx(e["box"]) for g, e in zip(boxes, expected, strict=True))
+
+
+def _shifted_image(rgb: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """(B, H, W, 3) moved dx right and dy down, the vacated columns / rows repeating the edge."""
+    h, w = rgb.shape[1:3]
+    padded = np.pad(rgb, ((0, 0), (abs(dy), abs(dy)), (abs(dx), abs(dx)), (0, 0)), mode="edge")
+    return padded[:, abs(dy) - dy: abs(dy) - dy + h, abs(dx) - dx: abs(dx) - dx + w]
+
+
+def _moved_back(boxes, dx, dy, size=64):
+    return [{**b, "box": [float(np.clip(c - o / size, 0, 1)) for c, o in zip(b["box"], (dx, dy, dx, dy), strict=True)]}
+            for b in boxes]
+
+
+def test_shifts_fuse_the_greedy_decodes_of_the_shifted_images_moved_back(world, world_rgb):
+    model, tokenizers = world
+    shifts = [(3, 0), (0, -5)]
+    want = []
+    for dx, dy in [(0, 0), *shifts]:
+        image = to_model_pixels(_shifted_image(world_rgb, dx, dy))
+        greedy = generate(model, {"rgb@64": image}, [TargetSpec("det@64", temperature=0.0)],
+                          tokenizers=tokenizers.image, text_tokenizer=tokenizers.text)
+        want.append([_moved_back(boxes, dx, dy) for boxes in greedy.decoded["det@64"]])
+    assert want[1] != want[0]  # the shifted views see the scene differently
+    got = detect(model, {"rgb@64": to_model_pixels(world_rgb)}, "det@64", text_tokenizer=tokenizers.text,
+                 samples=0, shifts=shifts)
+    for row, boxes in enumerate(got):
+        expected = fuse_boxes([view[row] for view in want])
+        assert [(b["class"], b["score"]) for b in boxes] == [(b["class"], pytest.approx(b["score"])) for b in expected]
+        assert all(g["box"] == pytest.approx(e["box"], abs=1e-6) for g, e in zip(boxes, expected, strict=True))
+        assert all(0 <= c <= 1 for b in boxes for c in b["box"])
+
+
+def test_shifted_views_add_greedy_decodes_to_the_sampled_and_mirrored_ones(world, world_rgb):
+    model, tokenizers = world
+    rgb, seed, samples = world_rgb[1:2], 9, 2
+    decodes = []
+    for mirrored, image in enumerate((rgb, rgb[:, :, ::-1].copy())):
+        pixels = to_model_pixels(image)
+        runs = [(0.0, seed)] + [(0.7, seed * (samples + 1) + j + 1 + mirrored * MIRROR_SEED_OFFSET)
+                                for j in range(samples)]  # the documented seeds of the sampled decodes
+        for temperature, s in runs:
+            boxes = generate(model, {"rgb@64": pixels}, [TargetSpec("det@64", temperature=temperature)],
+                             tokenizers=tokenizers.image, text_tokenizer=tokenizers.text, seed=s).decoded["det@64"][0]
+            decodes.append(_mirror(boxes) if mirrored else boxes)
+    greedy_shifted = generate(model, {"rgb@64": to_model_pixels(_shifted_image(rgb, 3, 0))},
+                              [TargetSpec("det@64", temperature=0.0)], tokenizers=tokenizers.image,
+                              text_tokenizer=tokenizers.text).decoded["det@64"][0]
+    expected = fuse_boxes([*decodes, _moved_back(greedy_shifted, 3, 0)])
+    both = detect(model, {"rgb@64": to_model_pixels(world_rgb)}, "det@64", text_tokenizer=tokenizers.text,
+                  samples=samples, temperature=0.7, flip=True, shifts=[(3, 0)], seed=[4, seed, 1])
+    got = both[1]  # row 1 of a batch of 3 = the row alone, with its own seed
+    assert [b["class"] for b in got] == [b["class"] for b in expected]
+    for g, e in zip(got, expected, strict=True):
+        assert g["box"] == pytest.approx(e["box"], abs=1e-5) and g["score"] == pytest.approx(e["score"], abs=1e-5)
+
+
+def test_shifts_move_raw_images_that_a_tokenizer_encodes_and_need_one_size(world):
+    model, tokenizers = world
+    depth = np.stack([render_scene(10**9 + k)["depth"] for k in range(2)]).astype(np.float32)
+    kwargs = dict(text_tokenizer=tokenizers.text, tokenizers=tokenizers.image, samples=0)
+    got = detect(model, {"tok_depth@64": depth}, "det@64", shifts=[(-4, 2)], **kwargs)
+    moved = _shifted_image(depth[..., None], -4, 2)[..., 0]
+    views = [detect(model, {"tok_depth@64": d}, "det@64", **kwargs) for d in (depth, moved)]
+    for row, boxes in enumerate(got):
+        expected = fuse_boxes([views[0][row], _moved_back(views[1][row], -4, 2)])
+        assert [b["class"] for b in boxes] == [b["class"] for b in expected]
+        assert all(g["box"] == pytest.approx(e["box"], abs=1e-6) for g, e in zip(boxes, expected, strict=True))
+    pixels = to_model_pixels(np.zeros((2, 32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match="one size"):
+        detect(model, {"tok_depth@64": depth, "rgb@64": pixels}, "det@64", shifts=[(1, 0)], **kwargs)
+
+
+@pytest.mark.parametrize("shift", [(0, 0), (1.5, 0), (1,), "up"])
+def test_a_bad_shift_is_named(world, world_rgb, shift):
+    model, tokenizers = world
+    with pytest.raises(ValueError, match="a shift is a"):
+        detect(model, {"rgb@64": to_model_pixels(world_rgb[:1])}, "det@64", text_tokenizer=tokenizers.text,
+               shifts=[shift])
+
+
+def test_shifts_move_images_only(world, world_rgb):
+    model, tokenizers = world
+    tokens = tokenizers.image["tok_rgb@64"].encode(world_rgb[:1])
+    with pytest.raises(ValueError, match=r"'tok_rgb@64' \(image_tokens\) cannot be shifted"):
+        detect(model, {"tok_rgb@64": tokens}, "det@64", text_tokenizer=tokenizers.text, shifts=[(1, 1)])
+
+
+def test_neighbour_shifts_are_the_eight_moves_around_the_image():
+    assert neighbour_shifts(0) == ()
+    shifts = neighbour_shifts(2)
+    assert sorted(shifts) == sorted((dx, dy) for dx in (-2, 0, 2) for dy in (-2, 0, 2) if (dx, dy) != (0, 0))
+    assert SHIFTS == shifts  # the default views: half a patch of the world models' 4 px patches
+    with pytest.raises(ValueError, match=">= 0"):
+        neighbour_shifts(-1)

@@ -7,7 +7,7 @@ from open4m.data.world import render_scene
 from open4m.data.world.config import SEMSEG_CLASSES, SHAPES
 from open4m.evaluation.run import load_model_and_tokenizers
 from open4m.generation import TargetSpec, generate
-from open4m.generation.boxes import detect
+from open4m.generation.boxes import SHIFTS, detect
 from open4m.generation.segmentation import refine_with_boxes, segment
 from open4m.pixels import to_model_pixels
 from open4m.shipped import world_model_dir
@@ -91,7 +91,7 @@ def test_segment_refines_the_models_greedy_map_by_its_detected_boxes():
     result = segment(model, conditions, "tok_semseg@64", "det@64", class_ids=class_ids, **kwargs)
     greedy = generate(model, conditions, [TargetSpec("tok_semseg@64", steps=1, temperature=0.0)], **kwargs)
     np.testing.assert_array_equal(result.raw, greedy.decoded["tok_semseg@64"])
-    boxes = detect(model, conditions, "det@64", samples=0, flip=True, **kwargs)  # the default
+    boxes = detect(model, conditions, "det@64", samples=0, flip=True, shifts=SHIFTS, **kwargs)  # the default
     assert [[b["class"] for b in row] for row in result.boxes] == [[b["class"] for b in row] for row in boxes]
     np.testing.assert_array_equal(result.labels, refine_with_boxes(result.raw, result.boxes, class_ids))
     objects = np.isin(result.raw, list(class_ids.values()))
