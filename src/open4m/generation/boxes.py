@@ -54,7 +54,7 @@ def neighbour_shifts(pixels: int) -> tuple[tuple[int, int], ...]:
     """The eight ``(dx, dy)`` shifts of a 3 x 3 grid of step ``pixels`` around the image (the image itself
     left out); none for 0."""
     if pixels < 0:
-        raise ValueError(f"a shift of views is a number of pixels >= 0, got {pixels}")
+        raise ValueError(f"shifted views: the shift must be a whole number of pixels >= 0, got {pixels}")
     steps = (-pixels, 0, pixels)
     return tuple((dx, dy) for dy in steps for dx in steps if (dx, dy) != (0, 0)) if pixels else ()
 
@@ -173,8 +173,9 @@ def detect(
 
 @dataclass(frozen=True)
 class _View:
-    """One view of the conditions: mirrored left-right and/or moved by (dx, dy) pixels of a (height, width)
-    image; :meth:`apply` makes it from a condition, :meth:`boxes_back` maps its boxes to the original image."""
+    """One view of the conditions: the image itself, mirrored left-right, or moved by (dx, dy) pixels of a
+    (height, width) image; :meth:`apply` makes it from a condition, :meth:`boxes_back` maps its boxes to the
+    original image."""
 
     mirror: bool = False
     dx: int = 0
