@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,3 +71,12 @@ def image_state(rgb: torch.Tensor, target: str = "tok_depth@224", known: torch.T
     known = known if known is not None else torch.zeros(b, 196, dtype=torch.bool)
     return make_batch({"tok_rgb@224": rgb, target: tokens.masked_fill(~known, 0)},
                       inputs={"tok_rgb@224": "all", target: known}, targets={target: ~known})
+
+
+def moved_image(images: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """Images (B, H, W[, C]) moved dx columns right and dy rows down, the vacated ones repeating the edge (what
+    ``detect(shifts=...)`` decodes), built independently of the library."""
+    h, w = images.shape[1:3]
+    padded = np.pad(images, [(0, 0), (abs(dy), abs(dy)), (abs(dx), abs(dx))] + [(0, 0)] * (images.ndim - 3),
+                    mode="edge")
+    return padded[:, abs(dy) - dy: abs(dy) - dy + h, abs(dx) - dx: abs(dx) - dx + w]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from generation_helpers import moved_image
 from open4m import cli, sequences
 from open4m.data.shards import list_shards
 from open4m.data.world import SHAPES, iter_world_samples, write_world
@@ -49,12 +50,6 @@ def samples(val_dir):
 
 
 # ------------------------------------------------------------------ wiring: an oracle reaches the ceiling
-def _moved(rgb: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    """(B, H, W, 3) moved dx right and dy down, the vacated columns / rows repeating the edge."""
-    h, w = rgb.shape[1:3]
-    return rgb[:, np.clip(np.arange(h) - dy, 0, h - 1)][:, :, np.clip(np.arange(w) - dx, 0, w - 1)]
-
-
 class Oracle:
     """Stands in for `generate`: finds the scene each condition row comes from and returns the ground truth
     through its tokenizer, which is what the ceiling measures (for a mirrored or shifted RGB row, the boxes
@@ -67,7 +62,7 @@ class Oracle:
         self.views = [("image", 0, 0), ("reconstruction", 0, 0), ("mirror", 0, 0)] + [
             ("shift", dx, dy) for dx, dy in boxes_module.SHIFTS]
         images = [rgb, tokenizers.image["tok_rgb@64"].reconstruct(rgb), rgb[:, :, ::-1]] + [
-            _moved(rgb, dx, dy) for _, dx, dy in self.views[3:]]
+            moved_image(rgb, dx, dy) for _, dx, dy in self.views[3:]]
         self.pixels = np.concatenate([to_model_pixels(np.ascontiguousarray(x)) for x in images])
         self.tokens = {name: tok.encode(np.stack([s[name.split("@")[0][4:]] for s in samples]))
                        for name, tok in tokenizers.image.items()}

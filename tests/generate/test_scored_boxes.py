@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from generation_helpers import caption_state, small_model, text_tokenizer
+from generation_helpers import caption_state, moved_image, small_model, text_tokenizer
 from open4m.data.world import render_scene
 from open4m.evaluation.run import load_model_and_tokenizers
 from open4m.generation import Partial, Sampler, TargetSpec, generate
@@ -205,13 +205,6 @@ def test_flip_mirrors_raw_images_that_a_tokenizer_encodes(world):
         assert all(g["box"] == pytest.approx(e["box"]) for g, e in zip(boxes, expected, strict=True))
 
 
-def _shifted_image(rgb: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    """(B, H, W, 3) moved dx right and dy down, the vacated columns / rows repeating the edge."""
-    h, w = rgb.shape[1:3]
-    padded = np.pad(rgb, ((0, 0), (abs(dy), abs(dy)), (abs(dx), abs(dx)), (0, 0)), mode="edge")
-    return padded[:, abs(dy) - dy: abs(dy) - dy + h, abs(dx) - dx: abs(dx) - dx + w]
-
-
 def _moved_back(boxes, dx, dy, size=64):
     return [{**b, "box": [float(np.clip(c - o / size, 0, 1)) for c, o in zip(b["box"], (dx, dy, dx, dy), strict=True)]}
             for b in boxes]
@@ -222,7 +215,7 @@ def test_shifts_fuse_the_greedy_decodes_of_the_shifted_images_moved_back(world, 
     shifts = [(3, 0), (0, -5)]
     want = []
     for dx, dy in [(0, 0), *shifts]:
-        image = to_model_pixels(_shifted_image(world_rgb, dx, dy))
+        image = to_model_pixels(moved_image(world_rgb, dx, dy))
         greedy = generate(model, {"rgb@64": image}, [TargetSpec("det@64", temperature=0.0)],
                           tokenizers=tokenizers.image, text_tokenizer=tokenizers.text)
         want.append([_moved_back(boxes, dx, dy) for boxes in greedy.decoded["det@64"]])
@@ -248,7 +241,7 @@ def test_shifted_views_add_greedy_decodes_to_the_sampled_and_mirrored_ones(world
             boxes = generate(model, {"rgb@64": pixels}, [TargetSpec("det@64", temperature=temperature)],
                              tokenizers=tokenizers.image, text_tokenizer=tokenizers.text, seed=s).decoded["det@64"][0]
             decodes.append(_mirror(boxes) if mirrored else boxes)
-    greedy_shifted = generate(model, {"rgb@64": to_model_pixels(_shifted_image(rgb, 3, 0))},
+    greedy_shifted = generate(model, {"rgb@64": to_model_pixels(moved_image(rgb, 3, 0))},
                               [TargetSpec("det@64", temperature=0.0)], tokenizers=tokenizers.image,
                               text_tokenizer=tokenizers.text).decoded["det@64"][0]
     expected = fuse_boxes([*decodes, _moved_back(greedy_shifted, 3, 0)])
@@ -265,7 +258,7 @@ def test_shifts_move_raw_images_that_a_tokenizer_encodes_and_need_one_size(world
     depth = np.stack([render_scene(10**9 + k)["depth"] for k in range(2)]).astype(np.float32)
     kwargs = dict(text_tokenizer=tokenizers.text, tokenizers=tokenizers.image, samples=0)
     got = detect(model, {"tok_depth@64": depth}, "det@64", shifts=[(-4, 2)], **kwargs)
-    moved = _shifted_image(depth[..., None], -4, 2)[..., 0]
+    moved = moved_image(depth, -4, 2)
     views = [detect(model, {"tok_depth@64": d}, "det@64", **kwargs) for d in (depth, moved)]
     for row, boxes in enumerate(got):
         expected = fuse_boxes([views[0][row], _moved_back(views[1][row], -4, 2)])

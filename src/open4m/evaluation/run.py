@@ -342,8 +342,9 @@ def evaluate_model(
             semseg; the unconditional branch has that condition emptied; 1 = no guidance; the default
             :data:`open4m.generation.runner.RGB_GUIDANCE` is what makes captions steer the shipped model's images).
         det_samples, det_temperature: RGB->boxes fuses one greedy decode and ``det_samples`` sampled at
-            ``det_temperature`` per view (:func:`open4m.generation.boxes.detect`; boxes scored, mAP ranks by
-            score); 0 (the default) = greedy decodes only. The caption->RGB judge reads one greedy decode.
+            ``det_temperature`` on the image and (with ``det_flip``) on its mirror
+            (:func:`open4m.generation.boxes.detect`; boxes scored, mAP ranks by score); 0 (the default) = greedy
+            decodes only. The caption->RGB judge reads one greedy decode.
         det_flip: RGB->boxes decodes the mirrored image as well (as many decodes again, boxes mirrored back
             and fused with the rest); only for models that take RGB as pixels (``rgb@64``), the setting
             recorded is the one used.

@@ -161,7 +161,7 @@ def detect(
     for r, boxes in enumerate(greedy.decoded[target]):
         decodes[r % rows].append(views[r // rows].boxes_back(_scored(boxes)))
     if samples:
-        repeated = {name: _repeat(_rows(value, rows * sampled_views), samples) for name, value in stacked.items()}
+        repeated = {name: _repeat(value[: rows * sampled_views], samples) for name, value in stacked.items()}
         sampled = generate(model, repeated, [TargetSpec(target, temperature=temperature)], tokenizers=tokenizers,
                            text_tokenizer=text_tokenizer,
                            seed=[s * (samples + 1) + j + 1 + v * MIRROR_SEED_OFFSET
@@ -262,11 +262,6 @@ def _concat(parts: list):
     if len(parts) == 1:
         return parts[0]
     return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
-
-
-def _rows(value, n: int):
-    """The first ``n`` batch rows of a condition."""
-    return value[:n]
 
 
 def _repeat(value, times: int):
