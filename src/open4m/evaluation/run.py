@@ -4,8 +4,8 @@ Scenes are taken in batches; per batch every runnable task (:mod:`open4m.evaluat
 target with :func:`open4m.generation.prompt.generate` (MaskGIT for image tokens, autoregressive for
 sequences; by default predictions are greedy, image ones in a single step, while generated RGB images are
 sampled at ``rgb_temperature`` over ``rgb_steps`` with classifier-free guidance ``rgb_guidance``, since greedy
-MaskGIT collapses an image to its most likely flat layout and unguided captions barely steer it; boxes fuse a
-greedy and several sampled decodes of the image and of its mirror, :func:`open4m.generation.boxes.detect`),
+MaskGIT collapses an image to its most likely flat layout and unguided captions barely steer it; boxes fuse the
+greedy decodes of the image, its mirror and eight shifted views, :func:`open4m.generation.boxes.detect`),
 decodes it with the tokenizer set, and adds to pooled statistics (RGB->semseg also once refined by the model's
 own boxes, :func:`open4m.generation.segmentation.refine_with_boxes`), so memory does not grow with the number
 of scenes. Each row's random generator is seeded with ``seed + scene index``: results do not depend on the
