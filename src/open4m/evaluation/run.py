@@ -382,12 +382,12 @@ def evaluate_model(
                            seed=seed, min_class_pixels=min_class_pixels, rgb_temperature=rgb_temperature,
                            rgb_steps=rgb_steps, rgb_guidance=rgb_guidance, det_samples=det_samples,
                            det_temperature=det_temperature, det_flip=det_flip,
-                           det_shifts=tuple(tuple(int(c) for c in shift) for shift in det_shifts),
+                           det_shifts=tuple(map(tuple, det_shifts)),  # detect() checks them (whole pixels)
                            semseg_pixel_weight=semseg_pixel_weight)
     settings = {"batch_size": batch_size, "steps": steps, "temperature": temperature,
                 "rgb_temperature": rgb_temperature, "rgb_steps": rgb_steps, "rgb_guidance": rgb_guidance,
                 "det_samples": det_samples, "det_temperature": det_temperature, "det_flip": evaluator.flip,
-                "det_shifts": [list(shift) for shift in evaluator.shifts],
+                "det_shifts": [[int(c) for c in shift] for shift in evaluator.shifts],
                 "semseg_pixel_weight": semseg_pixel_weight, "seed": seed, "min_class_pixels": min_class_pixels}
     was_training = model.training
     model.eval()
