@@ -56,6 +56,24 @@ def test_steps_equal_full_decoder_over_the_prefix_fp32(flavour):
                                atol=1e-4, rtol=1e-5)
 
 
+def test_fp32_wide_layers_use_a_transposed_copy_for_few_rows_with_the_same_result():
+    from open4m.model.incremental import TRANSPOSED_MAX_ROWS, _Linear
+
+    model = _model("gelu")
+    context, enc = _context(model)
+    decoder = model.incremental_decoder(context, enc, max_tokens=1)
+    block = decoder.blocks[0]
+    assert block.fc1.weight_t is not None and block.qkv.weight_t is not None  # more outputs than inputs
+    assert block.fc2.weight_t is None and block.sa_proj.weight_t is None      # the rest stay as they are
+    layer = model.decoder_embeddings["caption"].to_logits
+    head = _Linear(layer, torch.float32, packed=False)
+    assert head.weight_t.shape == layer.weight.shape[::-1] and head.weight_t.is_contiguous()
+    for rows in (1, TRANSPOSED_MAX_ROWS, TRANSPOSED_MAX_ROWS + 1):
+        x = torch.randn(rows, 1, model.config.dim, generator=torch.Generator().manual_seed(rows))
+        torch.testing.assert_close(head(x), layer(x), atol=1e-5, rtol=1e-5)
+    assert _Linear(layer, torch.float32, packed=False).weight_t is head.weight_t  # prepared once, reused
+
+
 def test_bf16_autocast_matches_the_autocast_reference_and_packs_weights_on_cpu():
     model = _model("gelu")
     context, enc = _context(model)
