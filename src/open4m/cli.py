@@ -335,6 +335,64 @@ def _add_tokenize_parser(sub) -> None:
 # --- end of open4m tokenize --------------------------------------------------------------------------------
 
 
+# --- open4m label: pseudo-label a folder of real images (open4m.data.pseudo_label) ------------------------
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    from open4m.data.pseudo_label import label_images
+
+    bars = []  # made at the first report, so an early error prints no empty bar
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            from tqdm import tqdm
+
+            bars.append(tqdm(total=total, unit="image", desc="label"))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        report = label_images(args.images, args.out, args.model, args.tokenizers, shard_size=args.shard_size,
+                              batch_size=args.batch_size, min_box_score=args.min_box_score,
+                              overwrite=args.overwrite, device=args.device,
+                              progress=progress if args.progress else None)
+    finally:
+        for bar in bars:
+            bar.close()
+    rate = f", {report.labelled / report.seconds:.1f} images/s" if report.labelled else ""
+    print(f"labelled {report.labelled} images into {report.written} shards in {report.seconds:.1f} s{rate}; "
+          f"{report.skipped} shards already done -> {report.out}")
+    for name, reason in report.unreadable.items():
+        print(f"  skipped {name}: {reason}")
+    return 0
+
+
+def _add_label_parser(sub) -> None:
+    from open4m.data.pseudo_label import MIN_BOX_SCORE
+
+    p = sub.add_parser(
+        "label", help="pseudo-label a folder of images with a 4M model into raw shards for `open4m tokenize`",
+        description="Predict depth, normals, semseg, boxes and a caption for every image under --images "
+        "(centre-cropped and resized to the model's image size) with a 4M model, and write them as raw shards in "
+        "the world's member format (rgb.png, depth.npy, normal.npy, semseg.png, det.json, caption.txt, plus "
+        "source.txt) with OUT/labels.json; `open4m tokenize --data OUT` then makes training shards. Unreadable "
+        "images are skipped and listed. Resumable; another model, image list or setting needs --overwrite.")
+    p.add_argument("--images", required=True, help="folder of images (searched recursively: png, jpg, bmp, webp)")
+    p.add_argument("--out", required=True, help="output folder for the shards and labels.json")
+    p.add_argument("--model", help="model folder (default: the shipped world model)")
+    p.add_argument("--tokenizers", help="tokenizer set folder (default: the model folder's, else the shipped set)")
+    p.add_argument("--shard-size", type=int, default=256, help="images per shard (default 256)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per model batch (default 16)")
+    p.add_argument("--min-box-score", type=float, default=MIN_BOX_SCORE,
+                   help=f"keep the fused boxes scoring at least this (default {MIN_BOX_SCORE})")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="delete earlier pseudo-labels in --out and label again")
+    p.add_argument("--progress", action="store_true", help="show a progress bar over images")
+    p.set_defaults(func=_cmd_label)
+
+
+# --- end of open4m label -----------------------------------------------------------------------------------
+
+
 # --- open4m quickstart: world -> tokens -> train -> evaluate -> report (open4m.quickstart) ------------------
 
 
@@ -395,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_eval_parser(sub)
     _add_tokenize_parser(sub)
+    _add_label_parser(sub)
     _add_quickstart_parser(sub)
     return parser
 
