@@ -9,7 +9,8 @@ tokenizers' image size, 64 for the world):
 - ``rgb@S.png``: the raw uint8 RGB image ``(S, S, 3)``, the model's pixel input (the loader normalises it with
   :func:`open4m.pixels.to_model_pixels`);
 - ``tok_<m>@S.npy`` for each image tokenizer of the set (rgb, depth, normal, semseg, ...): int16 token ids
-  ``(h, w)`` (``(16, 16)`` for the world), exactly ``set.image["tok_<m>@S"].encode(raw[m])[0]``;
+  ``(h, w)`` (``(16, 16)`` for the world): ``set.image["tok_<m>@S"].encode`` of the shard's images in batches of
+  ``batch_size`` (a lone image can round a near-tie of the nearest code differently);
 - for each text modality of the set: ``caption@S.txt`` (the raw caption), ``det@S.json`` (the raw box list),
   likewise ``color_palette@S.json`` / ``metadata@S.json``; the loader tokenizes them with the set's text tokenizer.
 
