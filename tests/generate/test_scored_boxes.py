@@ -12,6 +12,10 @@ from open4m.generation.boxes import MIRROR_SEED_OFFSET, SHIFTS, detect, fuse_box
 from open4m.pixels import to_model_pixels
 from open4m.shipped import world_model_dir
 
+# A row decoded beside other rows (another batch, other views) runs through GEMM kernels of other sizes: its
+# scores and fused coordinates agree to float rounding, not bit for bit (seen: 1.4e-6 on an AMD EPYC host).
+TOL = 1e-4
+
 
 @pytest.fixture(scope="module")
 def world():
@@ -118,8 +122,9 @@ def test_detect_without_samples_is_the_greedy_decode(world, world_rgb):
     boxes = detect(model, {"rgb@64": pixels}, "det@64", text_tokenizer=tokenizers.text, samples=0)
     for got, want in zip(boxes, greedy.decoded["det@64"], strict=True):
         want = sorted(want, key=lambda b: -b["score"])
-        assert [(b["class"], b["score"]) for b in got] == [(b["class"], pytest.approx(b["score"])) for b in want]
-        assert all(g["box"] == pytest.approx(w["box"]) for g, w in zip(got, want, strict=True))
+        assert [(b["class"], b["score"]) for b in got] == [(b["class"], pytest.approx(b["score"], abs=TOL))
+                                                           for b in want]
+        assert all(g["box"] == pytest.approx(w["box"], abs=TOL) for g, w in zip(got, want, strict=True))
 
 
 def test_detect_gives_a_row_the_same_boxes_whatever_its_batch(world, world_rgb):
@@ -129,7 +134,7 @@ def test_detect_gives_a_row_the_same_boxes_whatever_its_batch(world, world_rgb):
     alone = detect(model, {"rgb@64": pixels[1:2]}, "det@64", text_tokenizer=tokenizers.text, samples=2, seed=[9])
     assert [b["class"] for b in both[1]] == [b["class"] for b in alone[0]]  # same decodes: batch size only
     for a, b in zip(both[1], alone[0], strict=True):  # changes float rounding in the matmuls
-        assert a["box"] == pytest.approx(b["box"], abs=1e-6) and a["score"] == pytest.approx(b["score"], abs=1e-6)
+        assert a["box"] == pytest.approx(b["box"], abs=TOL) and a["score"] == pytest.approx(b["score"], abs=TOL)
     assert all(0 < b["score"] <= 1 for row in both for b in row)
 
 
@@ -160,8 +165,9 @@ def test_flip_fuses_the_decodes_of_the_image_and_of_its_mirror_mapped_back(world
     got = detect(model, {"rgb@64": pixels}, "det@64", text_tokenizer=tokenizers.text, samples=0, flip=True)
     for row, boxes in enumerate(got):
         expected = fuse_boxes([want[0][row], _mirror(want[1][row])])
-        assert [(b["class"], b["score"]) for b in boxes] == [(b["class"], pytest.approx(b["score"])) for b in expected]
-        assert all(g["box"] == pytest.approx(e["box"]) for g, e in zip(boxes, expected, strict=True))
+        assert [(b["class"], b["score"]) for b in boxes] == [(b["class"], pytest.approx(b["score"], abs=TOL))
+                                                             for b in expected]
+        assert all(g["box"] == pytest.approx(e["box"], abs=TOL) for g, e in zip(boxes, expected, strict=True))
     # the two views of the mirrored image are the two views of the image: its boxes are the mirror of these
     again = detect(model, {"rgb@64": mirrored}, "det@64", text_tokenizer=tokenizers.text, samples=0, flip=True)
     for a, b in zip(again, got, strict=True):
@@ -179,7 +185,7 @@ def test_flip_gives_a_row_the_same_boxes_whatever_its_batch(world, world_rgb):
                    seed=[1])
     assert [b["class"] for b in both[2]] == [b["class"] for b in alone[0]]
     for a, b in zip(both[2], alone[0], strict=True):
-        assert a["box"] == pytest.approx(b["box"], abs=1e-6) and a["score"] == pytest.approx(b["score"], abs=1e-6)
+        assert a["box"] == pytest.approx(b["box"], abs=TOL) and a["score"] == pytest.approx(b["score"], abs=TOL)
 
 
 def test_flip_mirrors_images_only(world, world_rgb):
@@ -202,7 +208,7 @@ def test_flip_mirrors_raw_images_that_a_tokenizer_encodes(world):
     for row, boxes in enumerate(got):
         expected = fuse_boxes([views[0][row], _mirror(views[1][row])])
         assert [b["class"] for b in boxes] == [b["class"] for b in expected]
-        assert all(g["box"] == pytest.approx(e["box"]) for g, e in zip(boxes, expected, strict=True))
+        assert all(g["box"] == pytest.approx(e["box"], abs=TOL) for g, e in zip(boxes, expected, strict=True))
 
 
 def _moved_back(boxes, dx, dy, size=64):
@@ -224,8 +230,9 @@ def test_shifts_fuse_the_greedy_decodes_of_the_shifted_images_moved_back(world, 
                  samples=0, shifts=shifts)
     for row, boxes in enumerate(got):
         expected = fuse_boxes([view[row] for view in want])
-        assert [(b["class"], b["score"]) for b in boxes] == [(b["class"], pytest.approx(b["score"])) for b in expected]
-        assert all(g["box"] == pytest.approx(e["box"], abs=1e-6) for g, e in zip(boxes, expected, strict=True))
+        assert [(b["class"], b["score"]) for b in boxes] == [(b["class"], pytest.approx(b["score"], abs=TOL))
+                                                             for b in expected]
+        assert all(g["box"] == pytest.approx(e["box"], abs=TOL) for g, e in zip(boxes, expected, strict=True))
         assert all(0 <= c <= 1 for b in boxes for c in b["box"])
 
 
@@ -250,7 +257,7 @@ def test_shifted_views_add_greedy_decodes_to_the_sampled_and_mirrored_ones(world
     got = both[1]  # row 1 of a batch of 3 = the row alone, with its own seed
     assert [b["class"] for b in got] == [b["class"] for b in expected]
     for g, e in zip(got, expected, strict=True):
-        assert g["box"] == pytest.approx(e["box"], abs=1e-5) and g["score"] == pytest.approx(e["score"], abs=1e-5)
+        assert g["box"] == pytest.approx(e["box"], abs=TOL) and g["score"] == pytest.approx(e["score"], abs=TOL)
 
 
 def test_shifts_move_raw_images_that_a_tokenizer_encodes_and_need_one_size(world):
@@ -263,7 +270,7 @@ def test_shifts_move_raw_images_that_a_tokenizer_encodes_and_need_one_size(world
     for row, boxes in enumerate(got):
         expected = fuse_boxes([views[0][row], _moved_back(views[1][row], -4, 2)])
         assert [b["class"] for b in boxes] == [b["class"] for b in expected]
-        assert all(g["box"] == pytest.approx(e["box"], abs=1e-6) for g, e in zip(boxes, expected, strict=True))
+        assert all(g["box"] == pytest.approx(e["box"], abs=TOL) for g, e in zip(boxes, expected, strict=True))
     pixels = to_model_pixels(np.zeros((2, 32, 32, 3), np.uint8))
     with pytest.raises(ValueError, match="one size"):
         detect(model, {"tok_depth@64": depth, "rgb@64": pixels}, "det@64", shifts=[(1, 0)], **kwargs)
