@@ -39,7 +39,6 @@ from open4m import modalities
 from open4m.atomic import read_json, write_json_atomic
 from open4m.data.shards import list_shards, remove_partial_shards, write_shard
 from open4m.data.world.config import SEMSEG_CLASSES, SHAPES
-from open4m.tokenizer_set import file_sha256
 
 FORMAT = "open4m-pseudo-labels/1"
 MANIFEST = "labels.json"
@@ -230,6 +229,8 @@ def label_folder(images: str | Path, out: str | Path, labeller: Labeller, *, mod
                  progress: Callable[[int, int], None] | None = None) -> LabelReport:
     """Label every image under ``images`` into shards of ``shard_size`` images in ``out`` (see the module
     docstring); ``progress(done, total)`` is called with images after each batch. Resumable."""
+    from open4m.tokenizer_set import file_sha256  # here, not at the top: the CLI imports this module to build --help
+
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size} and {batch_size}")
     start = time.perf_counter()
@@ -325,6 +326,7 @@ def label_images(images: str | Path, out: str | Path, model_dir: str | Path | No
     from open4m.model.checkpoint import WEIGHTS_NAME
     from open4m.runtime import tune_cpu
     from open4m.shipped import world_model_dir
+    from open4m.tokenizer_set import file_sha256
 
     tune_cpu()
     model_dir = Path(model_dir) if model_dir is not None else world_model_dir()
