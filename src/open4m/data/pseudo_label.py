@@ -39,6 +39,7 @@ from open4m import modalities
 from open4m.atomic import read_json, write_json_atomic
 from open4m.data.shards import list_shards, remove_partial_shards, write_shard
 from open4m.data.world.config import SEMSEG_CLASSES, SHAPES
+from open4m.data.world.sample import EXTENSIONS
 
 FORMAT = "open4m-pseudo-labels/1"
 MANIFEST = "labels.json"
@@ -125,9 +126,8 @@ class Labeller:
     @property
     def members(self) -> list[str]:
         """The shard members of every sample, sorted."""
-        out = ["rgb.png", "source.txt", *(f"{raw}.{'png' if raw == 'semseg' else 'npy'}" for raw in self.images)]
-        out += ["caption.txt"] * (self.caption is not None) + ["det.json"] * (self.det is not None)
-        return sorted(out)
+        raw = ["rgb", *self.images, *["caption"] * (self.caption is not None), *["det"] * (self.det is not None)]
+        return sorted([f"{name}.{EXTENSIONS[name]}" for name in raw] + ["source.txt"])
 
     @property
     def settings(self) -> dict:
@@ -191,20 +191,15 @@ class Labeller:
         return out
 
 
+# The dtypes world shards store the image labels in (normals as float16).
+_STORED_DTYPES = {"depth": np.float32, "normal": np.float16, "semseg": np.uint8}
+
+
 def _members(row: dict, source: str) -> dict:
-    """A labelled image as shard members (normals as float16, as world shards store them)."""
-    out = {"rgb.png": row["rgb"], "source.txt": source}
-    if "depth" in row:
-        out["depth.npy"] = np.asarray(row["depth"], dtype=np.float32)
-    if "normal" in row:
-        out["normal.npy"] = np.asarray(row["normal"], dtype=np.float16)
-    if "semseg" in row:
-        out["semseg.png"] = np.asarray(row["semseg"], dtype=np.uint8)
-    if "caption" in row:
-        out["caption.txt"] = row["caption"]
-    if "det" in row:
-        out["det.json"] = row["det"]
-    return out
+    """A labelled image (a :meth:`Labeller.label` row) as shard members."""
+    out = {f"{name}.{EXTENSIONS[name]}": np.asarray(value, dtype=_STORED_DTYPES[name])
+           if name in _STORED_DTYPES else value for name, value in row.items()}
+    return {**out, "source.txt": source}
 
 
 @dataclass
@@ -254,6 +249,8 @@ def label_folder(images: str | Path, out: str | Path, labeller: Labeller, *, mod
             continue
         samples = []
         first = index * shard_size
+        for name in names:  # read again below: a file may have been mended since
+            report.unreadable.pop(name, None)
         for b in range(0, len(names), batch_size):
             batch = list(enumerate(names[b : b + batch_size], start=first + b))
             loaded = []
