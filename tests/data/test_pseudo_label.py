@@ -11,6 +11,7 @@ from open4m.data.loader import decode_sample
 from open4m.data.pretokenize import pretokenize
 from open4m.data.pseudo_label import (
     MANIFEST,
+    PREVIEW,
     Labeller,
     label_folder,
     label_images,
@@ -122,6 +123,8 @@ def test_a_folder_is_labelled_into_world_format_shards(photos, labelled):
     assert sources == list_images(photos)[1:]
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["files"] == list_images(photos) and manifest["unreadable"] == report.unreadable
+    with Image.open(out / PREVIEW) as preview:  # rgb, depth, normal, semseg, det; the first shard's 3 images
+        assert preview.size == (5 * 128, 14 + 3 * (128 + 40))
     assert {k: v["samples"] for k, v in manifest["shards"].items()} == {"pseudo-000000.tar": 3,
                                                                         "pseudo-000001.tar": 2}
     for sample in samples:
@@ -172,6 +175,7 @@ def test_a_rerun_continues_and_other_settings_are_refused(photos, tmp_path, ship
         _run(photos, out, shipped, min_box_score=0.3)
     redone = _run(photos, out, shipped, min_box_score=0.3, overwrite=True)
     assert redone.written == 2 and json.loads((out / MANIFEST).read_text())["settings"]["min_box_score"] == 0.3
+    assert _run(photos, out, shipped, min_box_score=0.3, overwrite=True).written == 2  # same settings: again
 
 
 def test_shards_without_a_manifest_are_not_overwritten(photos, tmp_path, shipped):
@@ -209,3 +213,14 @@ def test_label_images_defaults_to_the_shipped_model(photos, tmp_path):
     assert report.labelled == 5
     manifest = json.loads((tmp_path / "shipped" / MANIFEST).read_text())
     assert len(manifest["model_sha256"]) == 64 and "tok_depth@64" in manifest["tokenizers_sha256"]
+
+
+def test_the_preview_grid_shows_the_columns_every_sample_has():
+    from open4m.data.world.preview import COLUMNS, samples_grid
+
+    full = render_scene(SEEDS[0])
+    assert samples_grid([full], cell=32).size == (len(COLUMNS) * 32, 14 + 32 + 40)
+    partial = {k: full[k] for k in ("rgb", "depth", "det")}  # no caption: an empty text line
+    assert samples_grid([full, partial], cell=32).size == (3 * 32, 14 + 2 * (32 + 40))
+    with pytest.raises(ValueError, match="at least one sample"):
+        samples_grid([])

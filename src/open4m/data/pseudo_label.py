@@ -18,11 +18,13 @@ Members per sample (key = the image's index in the sorted list, 10 digits), for 
 - ``caption.txt``: the greedy caption;
 - ``source.txt``: the image's path relative to the input folder.
 
-``OUT/labels.json`` records the input folder, the model and tokenizer hashes, the settings, the image list, the
-unreadable images (skipped, with the reason) and each finished shard's hash; it is written atomically after every
-shard. A rerun continues: shards whose file matches its entry are kept, the rest are (re)written, leftover
-temporaries removed. A rerun with another model, tokenizer set, image list or settings is refused unless
-``overwrite`` (which deletes this run's shards first). Shards are written atomically (temp + rename).
+``OUT/preview.png`` shows the first :data:`PREVIEW_IMAGES` labelled images (rgb, depth, normals, semseg, boxes,
+caption), redrawn whenever the first shard is written. ``OUT/labels.json`` records the input folder, the model and
+tokenizer hashes, the settings, the image list, the unreadable images (skipped, with the reason) and each finished
+shard's hash; it is written atomically after every shard. A rerun continues: shards whose file matches its entry
+are kept, the rest are (re)written, leftover temporaries removed. A rerun with another model, tokenizer set, image
+list or settings is refused unless ``overwrite`` (which deletes this run's shards first). Shards and the preview
+are written atomically (temp + rename).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ MANIFEST = "labels.json"
 SHARD_PREFIX = "pseudo"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MIN_BOX_SCORE = 0.5
+PREVIEW = "preview.png"
+PREVIEW_IMAGES = 4
 # Box class -> semseg label id, for relabelling object pixels by boxes (the world's classes).
 SHAPE_LABELS = {shape: SEMSEG_CLASSES.index(shape) for shape in SHAPES}
 
@@ -247,7 +251,7 @@ def label_folder(images: str | Path, out: str | Path, labeller: Labeller, *, mod
             if progress:
                 progress(done, len(files))
             continue
-        samples = []
+        samples, shown = [], []
         first = index * shard_size
         for name in names:  # read again below: a file may have been mended since
             report.unreadable.pop(name, None)
@@ -263,11 +267,18 @@ def label_folder(images: str | Path, out: str | Path, labeller: Labeller, *, mod
                 rows = labeller.label(np.stack([rgb for _, _, rgb in loaded]), seed=loaded[0][0])
                 for (key, name, _), row in zip(loaded, rows, strict=True):
                     samples.append({"__key__": f"{key:010d}", **_members(row, name)})
+                if index == 0:
+                    shown += rows[: PREVIEW_IMAGES - len(shown)]
                 report.labelled += len(loaded)
             done += len(batch)
             if progress:
                 progress(done, len(files))
         write_shard(path, samples, overwrite=True)
+        if shown:
+            from open4m.data.world.preview import samples_grid
+            from open4m.viz import save_png
+
+            save_png(samples_grid(shown), out / PREVIEW, overwrite=True)
         manifest["shards"][path.name] = {"samples": len(samples), "sha256": file_sha256(path)}
         manifest["unreadable"] = dict(sorted(report.unreadable.items()))
         write_json_atomic(out / MANIFEST, manifest)
@@ -277,25 +288,25 @@ def label_folder(images: str | Path, out: str | Path, labeller: Labeller, *, mod
 
 
 def _start(out: Path, identity: dict, overwrite: bool) -> dict:
-    """The manifest to continue from: the stored one when it matches ``identity``; a fresh one (after deleting
-    this run's shards) with ``overwrite``; else ValueError naming what differs."""
+    """The manifest to continue from: with ``overwrite`` a fresh one (this run's shards deleted); else the stored
+    one when it matches ``identity``, a fresh one when there is none, and ValueError naming what differs."""
     out.mkdir(parents=True, exist_ok=True)
     remove_partial_shards(out)
     path = out / MANIFEST
     ours = list_shards(out, f"{SHARD_PREFIX}-*.tar")
-    if path.exists():
+    if overwrite:
+        for shard in ours:
+            shard.unlink()
+    elif path.exists():
         stored = read_json(path, f"{path} is missing")
         changed = [_difference(k, stored.get(k), identity[k]) for k in identity if stored.get(k) != identity[k]]
         if not changed:
             return stored
-        if not overwrite:
-            raise ValueError(f"{out} holds pseudo-labels made with other {'; '.join(changed)}; use another --out "
-                             "folder, or --overwrite to delete them and label again")
-    elif ours and not overwrite:
+        raise ValueError(f"{out} holds pseudo-labels made with other {'; '.join(changed)}; use another --out "
+                         "folder, or --overwrite to delete them and label again")
+    elif ours:
         raise ValueError(f"{out} holds {len(ours)} {SHARD_PREFIX}-*.tar shards but no {MANIFEST}; use another "
                          "--out folder, or --overwrite to replace them")
-    for shard in ours:
-        shard.unlink()
     manifest = {**identity, "shards": {}, "unreadable": {}}
     write_json_atomic(path, manifest)
     return manifest

@@ -53,27 +53,36 @@ def modality_to_rgb(name: str, sample: dict) -> np.ndarray:
 
 def preview_grid(seeds: list[int], config: WorldConfig, cell: int = 128) -> Image.Image:
     """One row per seed: the image modalities at ``cell`` pixels each, the caption underneath."""
+    return samples_grid([render_scene(seed, config) for seed in seeds], cell)
+
+
+def samples_grid(samples: list[dict], cell: int = 128) -> Image.Image:
+    """One row per sample (dicts of the world's sample contract, e.g. pseudo-labels): the :data:`COLUMNS` every
+    sample has (``det``: boxes drawn on ``rgb``) at ``cell`` pixels each, the caption (if any) underneath."""
+    if not samples:
+        raise ValueError("samples_grid needs at least one sample")
+    columns = [name for name in COLUMNS if all(name in s and (name != "det" or "rgb" in s) for s in samples)]
     rows = []
-    for seed in seeds:
-        sample = render_scene(seed, config)
+    for sample in samples:
         cells = [Image.fromarray(modality_to_rgb(name, sample)).resize((cell, cell), Image.NEAREST)
-                 for name in COLUMNS[:-1]]
-        boxed = Image.fromarray(sample["rgb"]).resize((cell, cell), Image.NEAREST)
-        draw = ImageDraw.Draw(boxed)
-        for det in sample["det"]:
-            x0, y0, x1, y1 = (v * cell for v in det["box"])
-            draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 255, 255))
-            draw.text((x0 + 2, y0 + 1), det["class"], fill=(255, 255, 255))
-        cells.append(boxed)
-        row = Image.new("RGB", (cell * len(COLUMNS), cell + CAPTION_HEIGHT), (255, 255, 255))
+                 for name in columns if name != "det"]
+        if "det" in columns:
+            boxed = Image.fromarray(sample["rgb"]).resize((cell, cell), Image.NEAREST)
+            draw = ImageDraw.Draw(boxed)
+            for det in sample["det"]:
+                x0, y0, x1, y1 = (v * cell for v in det["box"])
+                draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 255, 255))
+                draw.text((x0 + 2, y0 + 1), det["class"], fill=(255, 255, 255))
+            cells.append(boxed)
+        row = Image.new("RGB", (cell * len(columns), cell + CAPTION_HEIGHT), (255, 255, 255))
         for i, image in enumerate(cells):
             row.paste(image, (i * cell, 0))
-        wrapped = textwrap.wrap(sample["caption"], width=cell * len(COLUMNS) // 6)[:3]
+        wrapped = textwrap.wrap(sample.get("caption", ""), width=cell * len(columns) // 6)[:3]
         ImageDraw.Draw(row).multiline_text((4, cell + 2), "\n".join(wrapped), fill=(0, 0, 0), spacing=1)
         rows.append(row)
-    header = Image.new("RGB", (cell * len(COLUMNS), 14), (255, 255, 255))
+    header = Image.new("RGB", (cell * len(columns), 14), (255, 255, 255))
     draw = ImageDraw.Draw(header)
-    for i, name in enumerate(COLUMNS):
+    for i, name in enumerate(columns):
         draw.text((i * cell + 4, 1), name, fill=(0, 0, 0))
     grid = Image.new("RGB", (header.width, header.height + sum(r.height for r in rows)), (255, 255, 255))
     grid.paste(header, (0, 0))
