@@ -374,8 +374,9 @@ def _add_label_parser(sub) -> None:
         description="Predict depth, normals, semseg, boxes and a caption for every image under --images "
         "(centre-cropped and resized to the model's image size) with a 4M model, and write them as raw shards in "
         "the world's member format (rgb.png, depth.npy, normal.npy, semseg.png, det.json, caption.txt, plus "
-        "source.txt) with OUT/labels.json; `open4m tokenize --data OUT` then makes training shards. Unreadable "
-        "images are skipped and listed. Resumable; another model, image list or setting needs --overwrite.")
+        "source.txt) with OUT/labels.json and OUT/preview.png; `open4m tokenize --data OUT` then makes training "
+        "shards. Unreadable images are skipped and listed. Resumable; another model, image list or setting needs "
+        "--overwrite.")
     p.add_argument("--images", required=True, help="folder of images (searched recursively: png, jpg, bmp, webp)")
     p.add_argument("--out", required=True, help="output folder for the shards and labels.json")
     p.add_argument("--model", help="model folder (default: the shipped world model)")
