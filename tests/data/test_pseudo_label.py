@@ -4,10 +4,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from open4m.cli import main
-from open4m.data.loader import decode_sample
+from open4m.data.loader import DatasetSpec, decode_sample, validation_batches
 from open4m.data.pretokenize import pretokenize
 from open4m.data.pseudo_label import (
     MANIFEST,
@@ -18,10 +19,11 @@ from open4m.data.pseudo_label import (
     list_images,
     load_image,
 )
-from open4m.data.shards import iter_shard, write_shard
+from open4m.data.shards import iter_shard, list_shards, write_shard
 from open4m.data.world import render_scene
 from open4m.data.world.config import SHAPES
 from open4m.evaluation.run import load_model_and_tokenizers
+from open4m.mixtures import MaskingConfig
 from open4m.model import FourM, preset
 from open4m.shipped import world_model_dir
 
@@ -187,7 +189,7 @@ def test_shards_without_a_manifest_are_not_overwritten(photos, tmp_path, shipped
     assert next(iter_shard(out / "pseudo-000000.tar"))["caption.txt"] == "mine"
 
 
-def test_labels_pretokenize_into_training_samples(labelled, tmp_path):
+def test_labels_pretokenize_into_training_samples(labelled, shipped, tmp_path):
     report = pretokenize(labelled[0], tmp_path / "tokens")
     assert (report.written, report.samples) == (2, 5)
     needs = ["rgb@64", "tok_rgb@64", "tok_depth@64", "tok_normal@64", "tok_semseg@64", "caption@64", "det@64"]
@@ -195,6 +197,15 @@ def test_labels_pretokenize_into_training_samples(labelled, tmp_path):
         sample = decode_sample(raw, needs, "labels")
         assert sample["rgb@64"].shape == (3, 64, 64) and sample["tok_depth@64"].shape == (16, 16)
         assert isinstance(sample["det@64"], str) and isinstance(sample["caption@64"], str)
+    # ... and the world mixture's batches of them train a 4M over every world modality
+    masking = MaskingConfig.from_yaml("configs/mixtures/world.yaml")
+    spec = DatasetSpec(shards=[str(p) for p in list_shards(tmp_path / "tokens")], name="pseudo")
+    batch = validation_batches([spec], masking, batch_size=5, max_batches=1, tokenizer=shipped[1].text)[0]
+    torch.manual_seed(0)
+    model = FourM(preset("tiny_gelu", needs, needs[1:], dim=32, encoder_depth=1, decoder_depth=1, num_heads=2))
+    loss, per_modality = model(batch, masking.input_tokens[1], masking.target_tokens[1])  # (min, max) budgets
+    loss.backward()
+    assert torch.isfinite(loss) and set(per_modality) <= set(needs[1:]) and len(per_modality) >= 3
 
 
 def test_cli_labels_a_folder_and_names_bad_input(photos, tmp_path, capsys):
