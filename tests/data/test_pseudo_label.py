@@ -85,6 +85,13 @@ def test_an_image_is_centre_cropped_and_resized(tmp_path):
     out = load_image(tmp_path / "wide.png", 8)
     assert out.shape == (8, 8, 3) and out.dtype == np.uint8
     assert (out[..., 0] > 200).all() and (out[..., 1:] < 30).all()
+    tall = np.zeros((8, 4, 3), np.uint8)
+    tall[:4] = 255  # top half white; stored on its side with EXIF "rotate 90 CW to show" (orientation 6)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(np.rot90(tall))).save(tmp_path / "phone.png", exif=exif)
+    upright = load_image(tmp_path / "phone.png", 4)  # centre square of the upright 8x4 image: rows 2..5
+    assert upright[0].min() > 200 and upright[-1].max() < 50
     (tmp_path / "bad.png").write_bytes(b"nope")
     with pytest.raises(ValueError, match="bad.png is not an image"):
         load_image(tmp_path / "bad.png", 8)

@@ -69,13 +69,14 @@ def list_images(root: str | Path) -> list[str]:
 
 
 def load_image(path: str | Path, size: int) -> np.ndarray:
-    """The image at ``path`` as uint8 ``(size, size, 3)``: converted to RGB, centre-cropped to a square, resized
-    (bicubic). Raises ValueError naming the file when PIL cannot read it."""
-    from PIL import Image
+    """The image at ``path`` as uint8 ``(size, size, 3)``: turned upright by its EXIF orientation (as a phone's
+    photo is shown), converted to RGB, centre-cropped to a square, resized (bicubic). Raises ValueError naming the
+    file when PIL cannot read it."""
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
+            image = ImageOps.exif_transpose(image).convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path} is not an image PIL can read ({err})") from None
     w, h = image.size
