@@ -242,3 +242,16 @@ def test_the_preview_grid_shows_the_columns_every_sample_has():
     assert samples_grid([full, partial], cell=32).size == (3 * 32, 14 + 2 * (32 + 40))
     with pytest.raises(ValueError, match="at least one sample"):
         samples_grid([])
+
+
+def test_a_model_that_takes_rgb_tokens_labels_from_the_tokenized_image(shipped, photos, tmp_path):
+    _, tokenizers = shipped
+    torch.manual_seed(0)
+    model = FourM(preset("tiny_gelu", ["tok_rgb@64"], ["tok_depth@64", "det@64"], dim=32, encoder_depth=1,
+                         decoder_depth=1, num_heads=2)).eval()
+    labeller = Labeller.for_model(model, tokenizers, min_box_score=0.0)
+    assert labeller.rgb_input == "tok_rgb@64" and labeller.settings["box_views"] == "image"
+    assert labeller.members == ["depth.npy", "det.json", "rgb.png", "source.txt"]
+    rgb = np.stack([load_image(photos / "scene0.png", 64)] * 2)
+    rows = labeller.label(rgb)
+    assert [sorted(r) for r in rows] == [["depth", "det", "rgb"]] * 2 and rows[0]["depth"].shape == (64, 64)
