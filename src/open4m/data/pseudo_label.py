@@ -40,7 +40,7 @@ import numpy as np
 from open4m import modalities
 from open4m.atomic import read_json, write_json_atomic
 from open4m.data.shards import list_shards, remove_partial_shards, write_shard
-from open4m.data.world.config import SEMSEG_CLASSES, SHAPES
+from open4m.data.world.config import SHAPE_LABELS
 from open4m.data.world.sample import EXTENSIONS
 
 FORMAT = "open4m-pseudo-labels/1"
@@ -50,8 +50,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MIN_BOX_SCORE = 0.5
 PREVIEW = "preview.png"
 PREVIEW_IMAGES = 4
-# Box class -> semseg label id, for relabelling object pixels by boxes (the world's classes).
-SHAPE_LABELS = {shape: SEMSEG_CLASSES.index(shape) for shape in SHAPES}
 
 
 def list_images(root: str | Path) -> list[str]:

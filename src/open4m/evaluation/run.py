@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from open4m import modalities, sequences
-from open4m.data.world.config import SEMSEG_CLASSES, SHAPES
+from open4m.data.world.config import SEMSEG_CLASSES, SHAPE_LABELS, SHAPES
 from open4m.evaluation import metrics
 from open4m.evaluation import tasks as task_table
 from open4m.evaluation.captions import parse_caption, scene_truth, score_caption
@@ -37,7 +37,6 @@ from open4m.runtime import tune_cpu
 
 FORMAT = "open4m-eval/1"
 COLUMNS = ("model", "ceiling")
-SHAPE_LABELS = {shape: SEMSEG_CLASSES.index(shape) for shape in SHAPES}
 REFINED_SEMSEG = "rgb->semseg/miou_refined"
 
 

@@ -17,6 +17,8 @@ MATERIALS: list[str] = ["matte", "shiny"]
 
 # semseg ids: 0 = sky/background (no hit), 1 = floor, 2.. = one class per shape (in SHAPES order).
 SEMSEG_CLASSES: list[str] = ["background", "floor", *SHAPES]
+# Box class (a shape) -> its semseg id, for relabelling object pixels by boxes.
+SHAPE_LABELS: dict[str, int] = {shape: SEMSEG_CLASSES.index(shape) for shape in SHAPES}
 
 # sRGB albedo of each colour name (the CLEVR palette), 0..255.
 COLOR_RGB: dict[str, tuple[int, int, int]] = {
