@@ -184,8 +184,11 @@ def _add_generate_parser(sub) -> None:
     p.add_argument("--allow-unknown-words", action="store_true",
                    help="accept caption words a closed-vocabulary (world) text tokenizer does not hold")
     p.add_argument("--scheme", choices=["maskgit", "roar"], help="image decoding scheme (default maskgit)")
-    p.add_argument("--steps", type=int, default=8, help="decoding steps per image target (default 8)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--steps", type=int,
+                   help="decoding steps per image target (default: 1 for predictions, 8 for generated images)")
+    p.add_argument("--temperature", type=float,
+                   help="sampling temperature, 0 = greedy (default: 0 for predictions -- every target of a prompt "
+                   "with RGB, the non-RGB targets of one with another image -- else 1)")
     p.add_argument("--guidance", type=float,
                    help="classifier-free guidance scale of every target (1 = none; default: "
                    f"{RGB_GUIDANCE:g} for RGB targets and for image targets of a prompt of words only, else 1)")

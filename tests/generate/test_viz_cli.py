@@ -96,6 +96,7 @@ def test_cli_generate_guidance_reaches_every_target_and_defaults_to_words_only_a
     assert runner.default_guidance("caption", ["det"]) == runner.default_guidance("det", ["caption"]) == 1.0
     assert runner.default_guidance("tok_depth@224", ["rgb@224"]) == 1.0  # predicted from an image: unguided
     assert runner.default_guidance("tok_rgb@224", ["tok_depth@224"]) == guided
+    assert runner.default_guidance("tok_rgb@224", ["rgb@224"]) == 1.0  # RGB tokens of a given RGB: predicted
     specs.clear()
     assert main([*args, "--out", str(tmp_path / "b.png"), "--guidance", "2.5"]) == 0
     assert [(s.name, s.guidance) for s in specs] == [("tok_depth@224", 2.5), ("tok_rgb@224", 2.5)]
@@ -126,6 +127,29 @@ def test_normalised_rgb_input_is_shown_in_its_true_colours():
     normalised = (colour - [0.485, 0.456, 0.406]) / np.array([0.229, 0.224, 0.225])
     image = np.broadcast_to(normalised.astype(np.float32)[:, None, None], (3, 8, 8))
     assert viz.render("rgb@224", image).getpixel((3, 3)) == (204, 51, 25)
+
+
+def test_targets_the_conditions_determine_are_predicted_greedily_in_one_step_the_rest_sampled():
+    predicted, generated = {"steps": 1, "temperature": 0.0}, {"steps": 8, "temperature": 1.0}
+    assert runner.default_decoding("tok_depth@224", ["rgb@224"]) == predicted
+    assert runner.default_decoding("caption", ["tok_rgb@224"]) == predicted
+    assert runner.default_decoding("tok_rgb@224", ["rgb@224"]) == predicted
+    assert runner.default_decoding("tok_normal@224", ["tok_depth@224"]) == predicted
+    assert runner.default_decoding("tok_rgb@224", ["tok_depth@224"]) == generated
+    assert runner.default_decoding("tok_depth@224", ["caption"]) == generated
+    assert runner.default_decoding("det", ["caption", "det"]) == generated
+
+    class _Model:
+        decoder_embeddings = dict.fromkeys(["tok_rgb@224", "tok_depth@224", "caption"])
+
+    specs = {s.name: s for s in runner.resolve_targets(_Model(), ["all"], ["rgb@224"])}
+    assert (specs["tok_depth@224"].steps, specs["tok_depth@224"].temperature) == (1, 0.0)
+    assert specs["caption"].temperature == 0.0 and specs["tok_rgb@224"].guidance == 1.0
+    chosen = {s.name: s for s in runner.resolve_targets(_Model(), ["all"], ["rgb@224"], steps=4, temperature=0.5)}
+    assert (chosen["tok_depth@224"].steps, chosen["tok_depth@224"].temperature, chosen["caption"].temperature) == (
+        4, 0.5, 0.5)  # asked-for settings win
+    from_words = {s.name: s for s in runner.resolve_targets(_Model(), ["tok_depth@224", "rgb"], ["caption"])}
+    assert (from_words["tok_depth@224"].steps, from_words["tok_rgb@224"].temperature) == (8, 1.0)
 
 
 def test_all_from_words_generates_geometry_first_then_rgb_then_sequences():
