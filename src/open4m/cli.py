@@ -191,7 +191,8 @@ def _add_generate_parser(sub) -> None:
                    "with RGB, the non-RGB targets of one with another image -- else 1)")
     p.add_argument("--guidance", type=float,
                    help="classifier-free guidance scale of every target (1 = none; default: "
-                   f"{RGB_GUIDANCE:g} for RGB targets and for image targets of a prompt of words only, else 1)")
+                   f"{RGB_GUIDANCE:g} for generated RGB targets and for image targets of a prompt of words only, "
+                   "else 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_generate)
