@@ -217,9 +217,10 @@ def test_labels_pretokenize_into_training_samples(labelled, shipped, tmp_path):
 
 def test_cli_labels_a_folder_and_names_bad_input(photos, tmp_path, capsys):
     out = tmp_path / "cli"
-    assert main(["label", "--images", str(photos), "--out", str(out), "--shard-size", "8"]) == 0
+    assert main(["label", "--images", str(photos), "--out", str(out), "--shard-size", "8", "--image-boxes-only"]) == 0
     printed = capsys.readouterr().out
     assert "labelled 5 images into 1 shards" in printed and "skipped broken.jpg" in printed
+    assert json.loads((out / MANIFEST).read_text())["settings"]["box_views"] == "image"
     assert main(["label", "--images", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "image folder" in capsys.readouterr().err
     assert main(["label", "--images", str(photos), "--out", str(out), "--model", str(tmp_path / "nomodel")]) == 2
@@ -255,3 +256,18 @@ def test_a_model_that_takes_rgb_tokens_labels_from_the_tokenized_image(shipped, 
     rgb = np.stack([load_image(photos / "scene0.png", 64)] * 2)
     rows = labeller.label(rgb)
     assert [sorted(r) for r in rows] == [["depth", "det", "rgb"]] * 2 and rows[0]["depth"].shape == (64, 64)
+
+
+def test_boxes_from_the_image_alone_are_its_greedy_decode(shipped, photos):
+    from open4m.generation.boxes import detect
+    from open4m.pixels import to_model_pixels
+
+    model, tokenizers = shipped
+    labeller = Labeller.for_model(model, tokenizers, min_box_score=0.0, all_views=False)
+    assert labeller.settings["box_views"] == "image"
+    rgb = np.stack([load_image(photos / f"scene{i}.png", 64) for i in (0, 1)])
+    boxes = [row["det"] for row in labeller.label(rgb, seed=3)]
+    alone = detect(model, {"rgb@64": to_model_pixels(rgb)}, "det@64", text_tokenizer=tokenizers.text,
+                   tokenizers=tokenizers.image, samples=0, seed=[3, 4])
+    for got, want in zip(boxes, alone, strict=True):
+        _assert_same_boxes(got, want)
