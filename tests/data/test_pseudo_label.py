@@ -159,6 +159,16 @@ def test_labels_equal_the_labellers_predictions_and_scores_filter_boxes(photos, 
     rows = _labeller(shipped, min_box_score=0.0).label(rgb[None], seed=1)
     assert np.array_equal(first["semseg.png"], rows[0]["semseg"]) and first["caption.txt"] == rows[0]["caption"]
     _assert_same_boxes(first["det.json"], rows[0]["det"])  # batch 8 vs 1: equal up to float rounding
+    # every label comes from the image alone, not from a chain through the labels before it
+    from open4m.generation.prompt import generate
+    from open4m.generation.sampler import TargetSpec
+    from open4m.pixels import to_model_pixels
+
+    model, tokenizers = shipped
+    for name, raw in (("tok_normal@64", "normal"), ("caption@64", "caption")):
+        alone = generate(model, {"rgb@64": to_model_pixels(rgb[None])}, [TargetSpec(name, steps=1, temperature=0.0)],
+                         tokenizers=tokenizers.image, text_tokenizer=tokenizers.text, seed=1).decoded[name][0]
+        assert np.array_equal(np.asarray(alone), np.asarray(rows[0][raw]))
     strict = _labeller(shipped, min_box_score=0.9).label(rgb[None], seed=1)[0]["det"]
     assert strict == [b for b in rows[0]["det"] if b["score"] >= 0.9] and len(strict) < len(rows[0]["det"])
 

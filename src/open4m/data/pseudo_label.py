@@ -176,15 +176,11 @@ class Labeller:
         plain = [name for raw, name in self.images.items() if not (raw == "semseg" and self.det)]
         specs = [TargetSpec(name, steps=1, temperature=0.0) for name in plain]
         specs += [TargetSpec(self.caption, temperature=0.0)] if self.caption else []
-        if specs:
-            result = generate(self.model, condition, specs, tokenizers=image_tok, text_tokenizer=text, seed=seeds)
-            for raw, name in self.images.items():
-                if name in plain:
-                    for row, value in zip(out, np.asarray(result.decoded[name]), strict=True):
-                        row[raw] = value
-            if self.caption:
-                for row, value in zip(out, result.decoded[self.caption], strict=True):
-                    row["caption"] = value
+        raw_name = {name: raw for raw, name in self.images.items()} | {self.caption: "caption"}
+        for spec in specs:  # each from the image alone, as `open4m eval` predicts (one prompt would chain them)
+            result = generate(self.model, condition, [spec], tokenizers=image_tok, text_tokenizer=text, seed=seeds)
+            for row, value in zip(out, result.decoded[spec.name], strict=True):
+                row[raw_name[spec.name]] = value
         if self.det and "semseg" in self.images:
             seg = segment(self.model, condition, self.images["semseg"], self.det, class_ids=SHAPE_LABELS,
                           tokenizers=image_tok, text_tokenizer=text, seed=seeds, **views)
