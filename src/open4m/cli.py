@@ -391,8 +391,9 @@ def _add_label_parser(sub) -> None:
     p.add_argument("--min-box-score", type=float, default=MIN_BOX_SCORE,
                    help=f"keep the fused boxes scoring at least this (default {MIN_BOX_SCORE})")
     p.add_argument("--image-boxes-only", action="store_true",
-                   help="boxes from the image alone instead of fusing its mirror and eight shifted views: 3.2 "
-                   "instead of 2.0 images/s on a 2-core CPU, weaker boxes (shipped model mAP@0.5 0.71 instead of 0.86)")
+                   help="boxes from the image alone instead of fusing its mirror and eight shifted views: 3.2-4.8 "
+                   "instead of 2.0-2.4 images/s on a 2-core CPU, weaker boxes (shipped model mAP@0.5 0.71 instead "
+                   "of 0.86)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="delete earlier pseudo-labels in --out and label again")
     p.add_argument("--progress", action="store_true", help="show a progress bar over images")

@@ -5,7 +5,8 @@ Input: a folder of images (searched recursively; ``.png .jpg .jpeg .bmp .webp``,
 out), sorted by relative path. Each image is centre-cropped to a square and resized to the model's image size S
 (64 for the shipped world model). Output: raw shards in the member format of the world's shards
 (:mod:`open4m.data.world.sample`), so ``open4m tokenize`` turns them into token shards for training unchanged.
-Members per sample (key = the image's index in the sorted list, 10 digits), for each modality the model predicts:
+Members per sample (key = the image's index in the sorted list, 10 digits), for each modality the model predicts,
+each predicted from the image alone (as ``open4m eval`` predicts; never chained through the other labels):
 
 - ``rgb.png``: the cropped and resized input, uint8 ``(S, S, 3)``;
 - ``depth.npy`` float32 ``(S, S)``, ``normal.npy`` float16 ``(S, S, 3)``, ``semseg.png`` uint8 ``(S, S)``: the
@@ -13,9 +14,9 @@ Members per sample (key = the image's index in the sorted list, 10 digits), for 
   with a det target too, semseg object pixels are relabelled by the fused boxes
   (:func:`open4m.generation.segmentation.segment`, as ``open4m eval`` scores it);
 - ``det.json``: the fused boxes (:func:`open4m.generation.boxes.detect`: greedy decodes of the image, its mirror
-  and the shifted views when the model takes RGB pixels, or of the image alone with ``all_views=False``: 3.2
-  instead of 2.0 images/s on this CPU, boxes mAP@0.5 0.71 instead of 0.86 for the shipped model) with ``score`` >=
-  ``min_box_score``, as
+  and the shifted views when the model takes RGB pixels, or of the image alone with ``all_views=False``: 3.2-4.8
+  instead of 2.0-2.4 images/s on a 2-core CPU, boxes mAP@0.5 0.71 instead of 0.86 for the shipped model) with
+  ``score`` >= ``min_box_score``, as
   ``[{"box": [x0, y0, x1, y1], "class": name, "score": s}]``;
 - ``caption.txt``: the greedy caption;
 - ``source.txt``: the image's path relative to the input folder.
