@@ -174,14 +174,14 @@ class Labeller:
         text, image_tok = self.tokenizers.text, self.tokenizers.image
         out = [{"rgb": rgb[i]} for i in range(b)]
         boxes = None
-        plain = [name for raw, name in self.images.items() if not (raw == "semseg" and self.det)]
-        specs = [TargetSpec(name, steps=1, temperature=0.0) for name in plain]
-        specs += [TargetSpec(self.caption, temperature=0.0)] if self.caption else []
-        raw_name = {name: raw for raw, name in self.images.items()} | {self.caption: "caption"}
-        for spec in specs:  # each from the image alone, as `open4m eval` predicts (one prompt would chain them)
+        # (raw name, target); semseg with a det target comes from segment() below, refined by the boxes
+        jobs = [(raw, TargetSpec(name, steps=1, temperature=0.0)) for raw, name in self.images.items()
+                if not (raw == "semseg" and self.det)]
+        jobs += [("caption", TargetSpec(self.caption, temperature=0.0))] if self.caption else []
+        for raw, spec in jobs:  # each from the image alone, as `open4m eval` predicts (one prompt would chain them)
             result = generate(self.model, condition, [spec], tokenizers=image_tok, text_tokenizer=text, seed=seeds)
             for row, value in zip(out, result.decoded[spec.name], strict=True):
-                row[raw_name[spec.name]] = value
+                row[raw] = value
         if self.det and "semseg" in self.images:
             seg = segment(self.model, condition, self.images["semseg"], self.det, class_ids=SHAPE_LABELS,
                           tokenizers=image_tok, text_tokenizer=text, seed=seeds, **views)
