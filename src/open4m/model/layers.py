@@ -17,6 +17,8 @@ all blocked uniform instead of NaN, which is what the official ``masked_fill(-fi
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -94,34 +96,60 @@ class Mlp(nn.Module):
         """(..., dim) → (..., dim)."""
         h = self.fc1(x)
         a = self.act(h)
-        if not (torch.is_grad_enabled() and a.requires_grad):
-            return self.fc2(a)
-        with torch.autograd.graph.saved_tensors_hooks(_RecomputeActivation(self.act, h, a).pack, _unpack):
+        with recompute_saved((a, self.act, h)):
             return self.fc2(a)
 
 
-class _RecomputeActivation:
-    """Saved-tensor pack hook: ``a = act(h)`` (or a view of it, as ``linear`` saves for 3-D inputs) is
-    saved as a recipe (act, h, view geometry); any other saved tensor (fc2's weight) as itself.
+class _RecomputeSaved:
+    """Saved-tensor pack hook: a view of a recipe's ``out = fn(*args)`` (``linear`` saves a 2-D view of a
+    3-D input) is saved as (fn, args, view geometry); any other saved tensor (a weight) as itself.
 
-    Autograd keeps the hook object as long as the graph, so it holds the address of ``a``, not ``a``.
+    Autograd keeps the hook object as long as the graph, so it holds the addresses of the outputs, not them.
     """
 
-    def __init__(self, act: nn.Module, h: torch.Tensor, a: torch.Tensor) -> None:
-        self.act, self.h = act, h
-        self.storage, self.dtype = a.untyped_storage().data_ptr(), a.dtype
+    def __init__(self, recipes: tuple[tuple, ...]) -> None:
+        self.recipes = {out.untyped_storage().data_ptr(): (out.dtype, fn, args) for out, fn, *args in recipes}
 
     def pack(self, t: torch.Tensor):
-        if t.dtype == self.dtype and t.untyped_storage().data_ptr() == self.storage:
-            return self.act, self.h, t.shape, t.stride(), t.storage_offset()
+        recipe = self.recipes.get(t.untyped_storage().data_ptr())
+        if recipe is not None and t.dtype == recipe[0]:
+            return recipe[1], recipe[2], t.shape, t.stride(), t.storage_offset()
         return t
 
 
 def _unpack(saved):
     if isinstance(saved, torch.Tensor):
         return saved
-    act, h, shape, stride, offset = saved
-    return act(h).as_strided(shape, stride, offset)
+    fn, args, shape, stride, offset = saved
+    return fn(*args).as_strided(shape, stride, offset)
+
+
+def recompute_saved(*recipes: tuple):
+    """A context in which autograd keeps each recipe ``(out, fn, *args)`` instead of ``out = fn(*args)``.
+
+    An op run inside the context that would keep ``out`` (or a view of it) for backward -- a linear
+    layer consuming a norm's or an activation's output -- keeps the recipe, and backward recomputes
+    ``fn(*args)``. The recipe references only ``args``, which autograd keeps anyway (a norm's input, an
+    activation's input), so ``out`` is freed after the forward pass. ``fn`` must be deterministic and
+    read only ``args`` and values that do not change before backward (module weights: the optimizer
+    steps after the gradients it needs), so the recomputed tensor equals ``out`` bitwise. Recipes whose
+    ``out`` needs no gradient are dropped; without grad the context does nothing, and neither does it
+    inside another saved-tensor scheme (activation checkpointing saves nothing and reruns the block, so
+    its hooks must see every tensor). Nested contexts: only the innermost one applies.
+    """
+    recipes = tuple(r for r in recipes if r[0].requires_grad)
+    if not (torch.is_grad_enabled() and recipes) or _foreign_hooks():
+        return contextlib.nullcontext()
+    return torch.autograd.graph.saved_tensors_hooks(_RecomputeSaved(recipes).pack, _unpack)
+
+
+def _foreign_hooks() -> bool:
+    """Whether saved-tensor hooks other than :func:`recompute_saved`'s are active (e.g. checkpointing's)."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    if top is None:  # another torch: play safe
+        return True
+    hooks = top(False)
+    return hooks is not None and hooks[1] is not _unpack
 
 
 class GatedMlp(nn.Module):
@@ -174,6 +202,16 @@ class _MultiHead(nn.Module):
             self.k_norm = norm_layer(dim // self.num_heads)
         self.qk_norm = qk_norm
 
+    def _output(self, heads: torch.Tensor) -> torch.Tensor:
+        """(B, H, N, hd) attention output → ``proj`` of the merged heads (B, N, D).
+
+        The attention op keeps ``heads`` for its own backward; ``proj`` would keep the merged copy too,
+        so that copy is recomputed from ``heads`` in backward instead.
+        """
+        merged = _merge_heads(heads)
+        with recompute_saved((merged, _merge_heads, heads)):
+            return self.proj(merged)
+
 
 class Attention(_MultiHead):
     """Multi-head self-attention with a fused ``qkv`` projection and optional QK-norm."""
@@ -202,7 +240,7 @@ class Attention(_MultiHead):
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, N, D), attn_bias broadcastable to (B, H, N, N) → (B, N, D)."""
         q, k, v = self._qkv(x)
-        return self.proj(_merge_heads(attention(q, k, v, attn_bias)))
+        return self._output(attention(q, k, v, attn_bias))
 
 
 class CrossAttention(_MultiHead):
@@ -242,7 +280,7 @@ class CrossAttention(_MultiHead):
         if self.qk_norm:
             q = self.q_norm(q)
         k, v = self.context_kv(context)
-        return self.proj(_merge_heads(attention(q, k, v, attn_bias)))
+        return self._output(attention(q, k, v, attn_bias))
 
 
 class DropPath(nn.Module):
@@ -301,8 +339,12 @@ class Block(_PreNormBlock):
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, N, D) → (B, N, D)."""
-        x = x + self.drop_path(self.attn(self.norm1(x), attn_bias))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        h = self.norm1(x)
+        with recompute_saved((h, self.norm1, x)):
+            x = x + self.drop_path(self.attn(h, attn_bias))
+        h = self.norm2(x)
+        with recompute_saved((h, self.norm2, x)):
+            return x + self.drop_path(self.mlp(h))
 
 
 class DecoderBlock(_PreNormBlock):
@@ -322,9 +364,15 @@ class DecoderBlock(_PreNormBlock):
         xa_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, N, D), context (B, M, D) → (B, N, D)."""
-        x = x + self.drop_path(self.self_attn(self.norm1(x), sa_bias))
-        x = x + self.drop_path(self.cross_attn(self.query_norm(x), self.context_norm(context), xa_bias))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        h = self.norm1(x)
+        with recompute_saved((h, self.norm1, x)):
+            x = x + self.drop_path(self.self_attn(h, sa_bias))
+        h, c = self.query_norm(x), self.context_norm(context)
+        with recompute_saved((h, self.query_norm, x), (c, self.context_norm, context)):
+            x = x + self.drop_path(self.cross_attn(h, c, xa_bias))
+        h = self.norm2(x)
+        with recompute_saved((h, self.norm2, x)):
+            return x + self.drop_path(self.mlp(h))
 
     def cross_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-attention keys/values (each (B, H, M, hd)) of the context (B, M, D); reusable for every step."""
