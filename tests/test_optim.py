@@ -1,10 +1,14 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from open4m import modalities
 from open4m.batch import make_batch
 from open4m.model import FourM, FourMConfig
-from open4m.optim import StepInBackward, adamw, init_state, no_weight_decay, param_groups
+from open4m.optim import AdamW, StepInBackward, adamw, clip_grad_norm_, init_state, no_weight_decay, param_groups
 
 IMG = modalities.image_tokens("tok_opt@32", 64, 32, 8).name
 SEQ = modalities.sequence("seq_opt", 100, 10).name
@@ -92,3 +96,106 @@ def test_step_in_backward_frees_each_gradient_while_backward_runs():
     assert len(alive) == len(params)
     assert max(alive) == 0  # no gradient outlives its own step
     in_backward.remove()
+
+
+def _train(model, opt, steps=3, clip=None):
+    for step in range(steps):
+        model(batch(step), 8, 16)[0].backward()
+        if clip is not None:
+            clip(model.parameters())
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_adamw_updates_bitwise_as_torch_adamw(fused):
+    ours_model, torch_model = tiny_model(), tiny_model()
+    ours = AdamW(param_groups(ours_model, 0.05), lr=1e-2, betas=(0.9, 0.95), fused=fused)
+    theirs = torch.optim.AdamW(param_groups(torch_model, 0.05), lr=1e-2, betas=(0.9, 0.95), fused=fused)
+    _train(ours_model, ours)
+    _train(torch_model, theirs)
+    for (name, a), b in zip(ours_model.named_parameters(), torch_model.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    restored = torch.optim.AdamW(param_groups(tiny_model(), 0.05), lr=1e-2, fused=fused)
+    restored.load_state_dict(ours.state_dict())  # the state dict is torch's format
+    assert restored.state_dict()["state"].keys() == theirs.state_dict()["state"].keys()
+
+
+@pytest.mark.parametrize("in_backward", [False, True])
+def test_sparse_embedding_gradients_give_the_dense_update_bitwise(in_backward):
+    dense_model, sparse_model = tiny_model(), tiny_model()
+    assert sorted(sparse_model.use_sparse_embedding_grads()) == sorted([IMG, SEQ])
+    sparse_model(batch(0), 8, 16)[0].backward()
+    table = sparse_model.encoder_embeddings[SEQ].token_emb.weight
+    assert table.grad.is_sparse and table.grad._nnz() <= 2 * 22  # the looked-up rows only
+    sparse_model.zero_grad(set_to_none=True)
+    if in_backward:
+        hooked = [StepInBackward(dense_model, lr=1e-2), StepInBackward(sparse_model, lr=1e-2)]
+        for step in range(3):
+            dense_model(batch(step), 8, 16)[0].backward()
+            sparse_model(batch(step), 8, 16)[0].backward()
+        for opt in hooked:
+            opt.remove()
+    else:
+        _train(dense_model, adamw(dense_model, lr=1e-2))
+        _train(sparse_model, adamw(sparse_model, lr=1e-2))
+    for (name, a), b in zip(dense_model.named_parameters(), sparse_model.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_sparse_gradients_stay_until_zero_grad_and_one_table_is_dense_at_a_time():
+    model = tiny_model()
+    model.use_sparse_embedding_grads()
+    opt = adamw(model, lr=1e-2)
+    model(batch(0), 8, 16)[0].backward()
+    before = {p: p.grad for p in model.parameters() if p.grad is not None}
+    dense_grads_seen = []
+    original = AdamW._step
+
+    def spy(self, closure=None):
+        dense_grads_seen.append(sum(p.grad is not None for g in self.param_groups for p in g["params"]))
+        return original(self, closure)
+
+    AdamW._step = spy
+    try:
+        opt.step()
+    finally:
+        AdamW._step = original
+    assert dense_grads_seen[1:] == [1, 1]  # after the dense step, each sparse table steps alone
+    assert {p: p.grad for p in model.parameters() if p.grad is not None} == before
+    with pytest.raises(ValueError, match="closure"):
+        opt.step(lambda: 0.0)
+
+
+def test_clip_grad_norm_takes_sparse_gradients():
+    dense_model, sparse_model = tiny_model(), tiny_model()
+    sparse_model.use_sparse_embedding_grads()
+    for m in (dense_model, sparse_model):
+        m(batch(0), 8, 16)[0].backward()
+    expected = torch.nn.utils.clip_grad_norm_(dense_model.parameters(), 0.1)
+    total = clip_grad_norm_(sparse_model.parameters(), 0.1)
+    assert expected > 0.1  # the clip is active
+    torch.testing.assert_close(total, expected, rtol=1e-6, atol=0)
+    for (name, a), b in zip(dense_model.named_parameters(), sparse_model.parameters(), strict=True):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad.to_dense() if b.grad.is_sparse else b.grad, a.grad, rtol=1e-6,
+                                       atol=1e-9, msg=name)
+    dense_again = tiny_model()
+    dense_again(batch(0), 8, 16)[0].backward()
+    assert torch.equal(clip_grad_norm_(dense_again.parameters(), 0.1), expected)  # all dense: torch's function
+
+
+def test_training_does_not_load_the_compiler():
+    code = (
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_optim import batch, tiny_model\n"
+        "from open4m.optim import StepInBackward, adamw\n"
+        "model = tiny_model(); model.use_sparse_embedding_grads(); opt = adamw(model, lr=1e-2)\n"
+        "model(batch(0), 8, 16)[0].backward(); opt.step(); opt.zero_grad()\n"
+        "opt.load_state_dict(opt.state_dict())\n"
+        "hooked = StepInBackward(tiny_model(), lr=1e-2)\n"
+        "print('torch._dynamo' in sys.modules, 'sympy' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"], out.stderr

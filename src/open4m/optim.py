@@ -20,10 +20,99 @@ they leave in the heap raise the process's peak memory on every later step.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import torch
 from torch import nn
+
+
+def _undecorated(method, *args):
+    """Call torch's ``method`` without its compiler guard while the compiler is not loaded.
+
+    ``torch.optim.Optimizer`` marks ``add_param_group``, ``zero_grad``, ``state_dict``, ``load_state_dict`` and
+    (through ``step``'s grad-mode wrapper) ``step`` so that ``torch.compile`` does not trace them; the guard
+    imports ``torch._dynamo`` on first call, which pulls in sympy and ~830 modules (~45 MB resident,
+    1.3 s) even in a process that never compiles. Nothing can be compiling before ``torch._dynamo`` is
+    imported, so until then the undecorated function (``__wrapped__``) is the same call.
+    """
+    inner = getattr(method, "__wrapped__", None)
+    if inner is None or "torch._dynamo" in sys.modules:
+        return method(*args)
+    return inner(*args)
+
+
+class AdamW(torch.optim.AdamW):
+    """``torch.optim.AdamW`` (same arguments, same updates) that takes sparse gradients and leaves the compiler
+    unloaded.
+
+    Sparse gradients (:meth:`open4m.model.FourM.use_sparse_embedding_grads`) are made dense one parameter
+    at a time after the dense parameters have stepped, and each dense copy is freed after its update:
+    the update is the one torch computes from the dense gradient, bit for bit, while the process never
+    holds more than one such (V, D) copy. The sparse gradients stay on the parameters until ``zero_grad``.
+
+    Compiler: see :func:`_undecorated`. Once something imports ``torch._dynamo`` (``torch.compile``,
+    distributed checkpointing, ...), every method is torch's own again.
+    """
+
+    def add_param_group(self, param_group: dict) -> None:
+        _undecorated(torch.optim.Optimizer.add_param_group, self, param_group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        _undecorated(torch.optim.Optimizer.zero_grad, self, set_to_none)
+
+    def state_dict(self) -> dict:
+        return _undecorated(torch.optim.Optimizer.state_dict, self)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        _undecorated(torch.optim.Optimizer.load_state_dict, self, state_dict)
+
+    def step(self, closure=None):
+        with_grad = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        sparse = [p for p in with_grad if p.grad.is_sparse]
+        if not sparse:
+            return self._step(closure)
+        if closure is not None:
+            raise ValueError("AdamW.step: a closure cannot be combined with sparse gradients")
+        grads = {p: p.grad for p in with_grad}
+        for p in sparse:
+            p.grad = None
+        self._step()
+        for p in with_grad:  # below, one parameter at a time has a gradient
+            p.grad = None
+        try:
+            for p in sparse:
+                p.grad = grads[p].to_dense()
+                self._step()
+                p.grad = None
+        finally:
+            for p, g in grads.items():
+                p.grad = g
+
+    def _step(self, closure=None):
+        inner = getattr(torch.optim.AdamW.step, "__wrapped__", None)
+        if inner is None or "torch._dynamo" in sys.modules:
+            return super().step(closure)
+        with torch.set_grad_enabled(self.defaults["differentiable"]):  # what torch's wrapper does, less the guard
+            return inner(self, closure)
+
+
+def clip_grad_norm_(parameters, max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` (2-norm) that also takes sparse gradients; returns the total norm.
+
+    All-dense gradients go to torch's function unchanged. A sparse gradient's norm is that of its dense
+    form (made one parameter at a time and dropped), so the total equals torch's on the dense gradients;
+    scaling multiplies its values, which agrees with scaling the dense form to rounding.
+    """
+    params = [p for p in parameters if p.grad is not None]
+    if not any(p.grad.is_sparse for p in params):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    norms = [torch.linalg.vector_norm(p.grad.to_dense() if p.grad.is_sparse else p.grad) for p in params]
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for p in params:
+        (p.grad._values() if p.grad.is_sparse else p.grad).mul_(coef)
+    return total
 
 
 def no_weight_decay(name: str) -> bool:
@@ -48,7 +137,7 @@ def adamw(model: nn.Module, lr: float, weight_decay: float = 0.05, betas=(0.9, 0
     groups = param_groups(model, weight_decay)
     if fused is None:
         fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
-    return init_state(torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused))
+    return init_state(AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused))
 
 
 def init_state(opt: torch.optim.AdamW) -> torch.optim.AdamW:
@@ -92,7 +181,7 @@ class StepInBackward:
         for group in param_groups(model, weight_decay):
             for p in group["params"]:
                 fused = p.device.type in ("cpu", "cuda")
-                self.optimizers[p] = init_state(torch.optim.AdamW([p], lr=lr, betas=betas, eps=eps,
+                self.optimizers[p] = init_state(AdamW([p], lr=lr, betas=betas, eps=eps,
                                                                   weight_decay=group["weight_decay"], fused=fused))
                 self.handles.append(p.register_post_accumulate_grad_hook(self._step))
 

@@ -3,7 +3,9 @@
 Per step (OFFICIAL-4M-SPEC §7): the learning rate of a linear warm-up from 0 then a cosine to
 ``min_lr`` is written into the optimizer; ``accum_steps`` micro-batches are run forward (bf16 autocast
 when ``dtype: bf16``) and backward (``no_sync`` under DDP but for the last); the gradients are clipped
-by global norm when ``clip_grad`` > 0; AdamW (official decay groups, fused) steps. Losses are averaged
+by global norm when ``clip_grad`` > 0; AdamW (official decay groups, fused) steps. In one process the
+encoder's token embeddings get sparse gradients (:meth:`open4m.model.FourM.use_sparse_embedding_grads`:
+less memory, the same update). Losses are averaged
 over micro-batches and ranks. Every ``save_every`` steps and at the end a checkpoint is written
 (:mod:`open4m.train_state`); ``resume=True`` continues from the newest complete one exactly: same
 per-step losses, bit for bit, as a run that was never stopped (CPU fp32).
@@ -39,7 +41,7 @@ from open4m.data.loader import (
 )
 from open4m.mixtures import MaskingConfig, _register_declared
 from open4m.model import FourM, preset
-from open4m.optim import StepInBackward, adamw
+from open4m.optim import StepInBackward, adamw, clip_grad_norm_
 from open4m.runtime import tune_cpu
 from open4m.train_config import TrainConfig
 
@@ -293,6 +295,8 @@ def _train(c: TrainConfig, resume: bool, batches: Iterable[dict] | None, state: 
     seed_everything(c.seed)
     model = build_model(c, log).to(state.device)
     model.train()
+    if strategy == "none":  # DDP / FSDP reduce dense gradients
+        model.use_sparse_embedding_grads()
     model = distributed.wrap(model, strategy, state)
     optimizers = make_optimizers(model, c, strategy)
     sib = c.step_in_backward
@@ -347,7 +351,7 @@ def _train(c: TrainConfig, resume: bool, batches: Iterable[dict] | None, state: 
         grad_norm = None
         if not sib:
             if c.clip_grad > 0:
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip_grad)
+                norm = clip_grad_norm_(model.parameters(), c.clip_grad)
                 grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP2: a DTensor
             optimizers[0].step()
             optimizers[0].zero_grad(set_to_none=True)

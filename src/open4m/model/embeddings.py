@@ -98,10 +98,12 @@ class TokenEncoderEmbedding(_Embedding):
         super().__init__(modality, dim)
         padding_idx = 0 if modality.kind == "sequence" else None
         self.token_emb = nn.Embedding(modality.vocab_size, dim, padding_idx=padding_idx)
+        self.sparse_grad = False  # see FourM.use_sparse_embedding_grads
 
     def content(self, tensor: torch.Tensor, b: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """tensor (B, L) or (B, h, w) ids; b, i (n,) → (n, D)."""
-        return self.token_emb(tensor.reshape(tensor.shape[0], -1)[b, i])
+        ids = tensor.reshape(tensor.shape[0], -1)[b, i]
+        return F.embedding(ids, self.token_emb.weight, self.token_emb.padding_idx, sparse=self.sparse_grad)
 
 
 class PixelEncoderEmbedding(_Embedding):
