@@ -12,6 +12,11 @@ any step. It lowers the memory at the end of backward (all gradients, ~360 MB fo
 model in fp32), not the step's peak, which for 4M comes earlier: at the end of the forward pass and the
 start of backward, with every activation alive and few gradients yet.
 
+:class:`AdamW` is torch's AdamW (the fused kernel, the same updates and state dict) that also takes sparse
+gradients, made dense one parameter at a time inside ``step`` (see
+:meth:`open4m.model.FourM.use_sparse_embedding_grads`), and that leaves torch's compiler stack unloaded;
+:func:`clip_grad_norm_` clips such gradients.
+
 Both optimizers create their state (``exp_avg``, ``exp_avg_sq``: two float32 copies of every
 parameter) when built, as torch would at the first step, with the same zeros. Built lazily inside the
 first step, these long-lived tensors land between that step's activations and gradients, and the holes
@@ -182,7 +187,7 @@ class StepInBackward:
             for p in group["params"]:
                 fused = p.device.type in ("cpu", "cuda")
                 self.optimizers[p] = init_state(AdamW([p], lr=lr, betas=betas, eps=eps,
-                                                                  weight_decay=group["weight_decay"], fused=fused))
+                                                      weight_decay=group["weight_decay"], fused=fused))
                 self.handles.append(p.register_post_accumulate_grad_hook(self._step))
 
     def _step(self, p: nn.Parameter) -> None:
