@@ -205,8 +205,9 @@ class _MultiHead(nn.Module):
     def _output(self, heads: torch.Tensor) -> torch.Tensor:
         """(B, H, N, hd) attention output → ``proj`` of the merged heads (B, N, D).
 
-        The attention op keeps ``heads`` for its own backward; ``proj`` would keep the merged copy too,
-        so that copy is recomputed from ``heads`` in backward instead.
+        SDPA keeps ``heads`` for its own backward; ``proj`` would keep the merged copy too, so that copy is
+        recomputed from ``heads`` in backward instead. (The explicit bf16 CPU attention does not keep its
+        output: there the recipe keeps ``heads`` in place of the copy, the same size.)
         """
         merged = _merge_heads(heads)
         with recompute_saved((merged, _merge_heads, heads)):
