@@ -95,11 +95,8 @@ class AdamW(torch.optim.AdamW):
                 p.grad = g
 
     def _step(self, closure=None):
-        inner = getattr(torch.optim.AdamW.step, "__wrapped__", None)
-        if inner is None or "torch._dynamo" in sys.modules:
-            return super().step(closure)
-        with torch.set_grad_enabled(self.defaults["differentiable"]):  # what torch's wrapper does, less the guard
-            return inner(self, closure)
+        with torch.set_grad_enabled(self.defaults["differentiable"]):  # what torch's step wrapper sets itself
+            return _undecorated(torch.optim.AdamW.step, self, closure)
 
 
 def clip_grad_norm_(parameters, max_norm: float) -> torch.Tensor:

@@ -385,7 +385,6 @@ class FourM(nn.Module):
                 raise ValueError(f"{label} must be a positive int, got {value!r}")
         validate_batch(batch, needs_targets=[n for n in batch if n in self.decoder_embeddings])
 
-    # ------------------------------------------------------------------ freezing
     def use_sparse_embedding_grads(self, enabled: bool = True) -> list[str]:
         """Let the encoder's token embeddings return sparse gradients (the looked-up rows only).
 
@@ -404,6 +403,7 @@ class FourM(nn.Module):
                 names.append(name)
         return names
 
+    # ------------------------------------------------------------------ freezing
     def freeze_encoder(self, include_embeddings: bool = True) -> None:
         """Stop gradients to the encoder blocks and norm (and the encoder embeddings)."""
         _set_grad([self.encoder, self.encoder_norm] + ([self.encoder_embeddings] if include_embeddings else []), False)
