@@ -52,6 +52,27 @@ def test_kv_cached_decoding_equals_uncached_on_rows_of_different_lengths(model, 
         assert row == free_row[: index + 1] + [tok.eos_id]
 
 
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
+                    reason="greedy steps are screened on x86 CPUs")
+def test_greedy_cached_steps_screen_the_head_and_equal_uncached_decoding(model, tok, rgb, monkeypatch):
+    from open4m.model import incremental
+
+    calls = []
+    screen = incremental._ScreenedHead.__call__
+    monkeypatch.setattr(incremental._ScreenedHead, "__call__", lambda self, x: calls.append(1) or screen(self, x))
+    state = caption_state(tok, rgb, [3, 9, 0])
+    spec = [TargetSpec("caption", temperature=0.0, max_new_tokens=12)]
+    cached_sampler, uncached_sampler = Sampler(model, tok, use_cache=True), Sampler(model, tok, use_cache=False)
+    cached = cached_sampler.generate(state, spec)
+    assert len(calls) == 12  # one screened head per step
+    uncached = uncached_sampler.generate(state, spec)
+    assert _caption_rows(cached, tok) == _caption_rows(uncached, tok)
+    for a, b in zip(cached_sampler.token_scores["caption"], uncached_sampler.token_scores["caption"], strict=True):
+        assert [x is None for x in a] == [x is None for x in b]
+        torch.testing.assert_close(torch.tensor([x for x in a if x is not None]),
+                                   torch.tensor([x for x in b if x is not None]), rtol=1e-2, atol=0)
+
+
 def test_kv_cached_decoding_equals_uncached_with_guidance_and_sampling(model, tok, rgb):
     state = caption_state(tok, rgb, [3, 9, 0])
     spec = [TargetSpec("caption", temperature=0.7, guidance=2.5, max_new_tokens=12)]

@@ -123,3 +123,90 @@ def test_prepared_weights_are_reused_only_while_the_weights_are_unchanged():
         after = changed.step(x)
         reference = _full_decode(model, x, context, enc).float()[:, 0]
     assert (after - before).abs().max() > 10 * (after - reference).abs().max()
+
+
+# ------------------------------------------------------------------ greedy steps screened in bf16
+
+int8_kernels = pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
+                                  reason="the int8 screen runs on x86 CPUs with AVX2 / AVX-512")
+
+
+def _head(vocab: int, dim: int, bias: bool, seed: int) -> torch.nn.Linear:
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(dim, vocab, bias=bias)
+    with torch.no_grad():
+        head.weight.mul_(torch.rand(vocab, 1) * 4)  # rows of different norms: different bounds per entry
+        # near-ties the bf16 screen cannot separate: rows equal up to 1e-6 relative, and an exact duplicate
+        head.weight[7] = head.weight[3] * (1 + 1e-6)
+        head.weight[11] = head.weight[3]
+    return head
+
+
+@int8_kernels
+@pytest.mark.parametrize("bias", [False, True])
+def test_screened_head_gives_the_float32_argmax_and_its_probability(bias):
+    from open4m.model.incremental import _ScreenedHead
+
+    head = _head(5000, 96, bias, seed=0)
+    screened = _ScreenedHead(head)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 96, generator=g) * torch.rand(64, 1, generator=g) * 8  # logits up to ~100
+    x[:8] = head.weight[3].detach() * 5  # rows whose best entries are the near-tied 3, 7 and 11
+    tokens, prob = screened(x)
+    reference = head(x)
+    assert torch.equal(tokens, reference.argmax(dim=-1))
+    assert set(tokens[:8].tolist()) <= {3, 7, 11}
+    # the probability: exact candidates, the screen for the rest (rows of large norm: ~1e-2 relative)
+    torch.testing.assert_close(prob, reference.softmax(-1).amax(-1), rtol=5e-2, atol=0)
+    # decoder outputs are layer-normed (|x| ~ sqrt(D)): there, for these flat distributions, within 1e-2
+    x = torch.nn.functional.layer_norm(torch.randn(64, 96, generator=g), (96,))
+    tokens, prob = screened(x)
+    assert torch.equal(tokens, head(x).argmax(dim=-1))
+    torch.testing.assert_close(prob, head(x).softmax(-1).amax(-1), rtol=1e-2, atol=0)
+    # a peaked distribution (what a trained model mostly gives) has its mass in the exact entries
+    x = x * 6
+    torch.testing.assert_close(screened(x)[1], head(x).softmax(-1).amax(-1), rtol=1e-5, atol=0)
+
+
+@int8_kernels
+def test_screened_head_computes_few_entries_in_float32(monkeypatch):
+    from open4m.model import incremental
+
+    head = _head(5000, 96, False, seed=2)
+    screened = incremental._ScreenedHead(head)
+    rows = []
+    real_linear = incremental.F.linear
+    monkeypatch.setattr(incremental.F, "linear", lambda x, w, b=None: rows.append(w.shape[0]) or real_linear(x, w, b))
+    x = torch.randn(4, 96, generator=torch.Generator().manual_seed(3)) * 4
+    tokens, _ = screened(x)
+    assert torch.equal(tokens, head(x).argmax(-1)) and rows and rows[0] < 4 * (incremental.SCREEN_EXACT_TOP + 10)
+
+
+@int8_kernels
+def test_greedy_steps_equal_the_argmax_of_the_logits(monkeypatch):
+    from open4m.model import incremental
+
+    monkeypatch.setattr(incremental, "SCREEN_MIN_VOCAB", 1)
+    model = _model("gelu")
+    context, enc = _context(model)
+    tokens = torch.randn(3, 4, model.config.dim, generator=torch.Generator().manual_seed(2))
+    steps, decoder = _stepwise(model, tokens, context, enc)
+    assert decoder.screening
+    for t in range(steps.shape[1]):
+        ids, prob = decoder.greedy(steps[:, t], "caption")
+        logits = decoder.logits(steps[:, t], "caption")
+        assert torch.equal(ids, logits.argmax(-1))
+        torch.testing.assert_close(prob, logits.softmax(-1).amax(-1), rtol=1e-3, atol=0)
+    assert "caption" in decoder.screens
+
+
+def test_greedy_steps_without_a_screen_take_the_argmax_of_the_logits():
+    model = _model("gelu")
+    context, enc = _context(model)
+    tokens = torch.randn(3, 2, model.config.dim, generator=torch.Generator().manual_seed(2))
+    steps, decoder = _stepwise(model, tokens, context, enc)
+    decoder.screening = False
+    ids, prob = decoder.greedy(steps[:, -1], "caption")
+    logits = decoder.logits(steps[:, -1], "caption")
+    assert torch.equal(ids, logits.argmax(-1)) and not decoder.screens
+    torch.testing.assert_close(prob, logits.softmax(-1).amax(-1))

@@ -43,7 +43,7 @@ import torch
 from open4m import modalities
 from open4m.batch import ModDict, attention_codes
 from open4m.generation import schedules
-from open4m.generation.sampling import make_generators, random_order, sample
+from open4m.generation.sampling import ZERO_TEMPERATURE, make_generators, random_order, sample
 from open4m.model.fourm import DecoderInput, EncoderInput, FourM
 
 
@@ -335,15 +335,20 @@ class Sampler:
         probs = [torch.full((b, 1), float("nan"))]  # cat(probs)[:, t]: the probability out[:, t] was drawn with
         done = torch.zeros(b, dtype=torch.bool, device=start.device)
         decoder = model.incremental_decoder(context, enc, limit) if self.use_cache else None
+        greedy = abs(spec.temperature) < ZERO_TEMPERATURE and not weights  # argmax of one branch's logits
         for t in range(limit):
             if decoder is not None:
                 x = (emb.token_emb(out[:, -1:]).to(context.dtype) + pos_emb[t]).repeat(rows // b, 1, 1)
                 y = decoder.step(x)
-                logits = decoder.logits(y, name)
+                if greedy:
+                    new, prob = (v[:, None] for v in decoder.greedy(y, name))
+                else:
+                    logits = decoder.logits(y, name)
             else:
                 logits = model.logits(self._decode_prefix(out, emb, pos_emb, context, enc, rows // b), name)
-            logits = self._combine(logits[:, None], weights, b)
-            new, prob = sample(logits, spec.temperature, generators, top_k, top_p)
+            if decoder is None or not greedy:
+                logits = self._combine(logits[:, None], weights, b)
+                new, prob = sample(logits, spec.temperature, generators, top_k, top_p)
             out = torch.cat([out, new], dim=1)
             probs.append(prob)
             done |= new[:, 0] == stop
