@@ -5,6 +5,9 @@ caption is always true of its image. Grammar (kept regular so that tests can par
 
 - counts use number words: ``"three objects"``, ``"two spheres and one cube"``, ``"no objects"``;
 - an object is a noun phrase ``[size] [colour] [material] shape``, e.g. ``"a large red shiny cube"``;
+- a list names the objects as the image shows them, left to right (by the horizontal image position of their
+  centres; a list by shape orders the shapes by their leftmost object): a captioner writing the list then looks
+  for the next object to the right instead of choosing among all the objects it has not named yet;
 - a relation is ``"the <phrase> is <left of | right of | to the left of | to the right of | in front of |
   behind> the <phrase>"``, where each phrase names exactly one visible object. Left/right compare the
   objects' centres along the camera's x axis, in front of/behind along its depth axis, and a relation is
@@ -96,7 +99,17 @@ def _count_sentence(rng: np.random.Generator, n: int) -> str:
     return template.format(**words)
 
 
+def left_to_right(scene: Scene, visible: list[int]) -> list[int]:
+    """``visible`` (object indices) in the image's left-to-right order of the objects' centres (x / depth in the
+    camera frame; ties keep scene order)."""
+    if not visible:
+        return []
+    centres = np.asarray(scene.camera.to_camera([scene.objects[i].position for i in visible])).reshape(-1, 3)
+    return [visible[k] for k in np.argsort(centres[:, 0] / -centres[:, 2], kind="stable")]
+
+
 def _list_sentence(rng: np.random.Generator, objects: list[SceneObject]) -> str:
+    """The list sentence of ``objects``, given left to right."""
     template = LIST_TEMPLATES[int(rng.integers(len(LIST_TEMPLATES)))]
     if rng.random() < 0.5:  # by shape, with counts
         counts = {}
@@ -105,7 +118,10 @@ def _list_sentence(rng: np.random.Generator, objects: list[SceneObject]) -> str:
         items = [f"{NUMBER_WORDS[c]} {plural(s, c)}" for s, c in counts.items()]
         first_single = next(iter(counts.values())) == 1
     else:  # every object in full
-        items = [f"a {phrase(objects[i])}" for i in rng.permutation(len(objects))]
+        # Lists were once in a random order; that draw stays, so a seed's other choices (templates, relations)
+        # are those of earlier versions of the world.
+        rng.permutation(len(objects))
+        items = [f"a {phrase(obj)}" for obj in objects]
         first_single = True
     return template.format(are="is" if first_single else "are", items=_join(items))  # agrees with the first item
 
@@ -113,13 +129,14 @@ def _list_sentence(rng: np.random.Generator, objects: list[SceneObject]) -> str:
 def make_caption(scene: Scene, visible: list[int], config: WorldConfig) -> str:
     """One caption for ``scene``, true of the image in which the objects ``visible`` (0-based) are seen."""
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([scene.seed, CAPTION_STREAM])))
-    objects = [scene.objects[i] for i in visible]
+    ordered = left_to_right(scene, visible)
+    objects = [scene.objects[i] for i in ordered]
     if not objects:
         return ["An empty floor under the sky.", "There are no objects on the floor."][int(rng.integers(2))]
     sentences = [_count_sentence(rng, len(objects)), _list_sentence(rng, objects)]
     if rng.random() < 0.3:
         sentences = sentences[1:]
-    refs = dict(zip(visible, unique_references(objects), strict=True))
+    refs = dict(zip(ordered, unique_references(objects), strict=True))
     facts = [f for f in relation_facts(scene, visible, config.relation_margin) if refs[f[0]] and refs[f[2]]]
     chosen: list[tuple[int, str, int]] = []
     pairs: set[frozenset[int]] = set()
