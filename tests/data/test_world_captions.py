@@ -89,8 +89,8 @@ def test_lists_name_the_objects_left_to_right_in_the_image():
         by_box = sorted(sample["det"], key=lambda d: d["box"][0] + d["box"][2])
         objects = [sample["scene"]["objects"][int(d["instance"]) - 1] for d in by_box]
         named = [(m.size, m.color, m.material, m.shape) for m in items]
-        assert len(named) == len(objects)
-        agree = sum(n == (o["size"], o["color"], o["material"], o["shape"]) for n, o in zip(named, objects))
+        truth = [(o["size"], o["color"], o["material"], o["shape"]) for o in objects]
+        agree = sum(n == t for n, t in zip(named, truth, strict=True))
         assert agree >= len(named) - 2, (sample["caption"], by_box)  # at most one pair swapped
         checked += 1
         in_box_order += agree == len(named)
