@@ -335,7 +335,8 @@ class Sampler:
         probs = [torch.full((b, 1), float("nan"))]  # cat(probs)[:, t]: the probability out[:, t] was drawn with
         done = torch.zeros(b, dtype=torch.bool, device=start.device)
         decoder = model.incremental_decoder(context, enc, limit) if self.use_cache else None
-        greedy = abs(spec.temperature) < ZERO_TEMPERATURE and not weights  # argmax of one branch's logits
+        # cached, unguided temperature-0 steps: the decoder's argmax of one branch's logits
+        greedy = decoder is not None and abs(spec.temperature) < ZERO_TEMPERATURE and not weights
         for t in range(limit):
             if decoder is not None:
                 x = (emb.token_emb(out[:, -1:]).to(context.dtype) + pos_emb[t]).repeat(rows // b, 1, 1)
@@ -346,7 +347,7 @@ class Sampler:
                     logits = decoder.logits(y, name)
             else:
                 logits = model.logits(self._decode_prefix(out, emb, pos_emb, context, enc, rows // b), name)
-            if decoder is None or not greedy:
+            if not greedy:
                 logits = self._combine(logits[:, None], weights, b)
                 new, prob = sample(logits, spec.temperature, generators, top_k, top_p)
             out = torch.cat([out, new], dim=1)

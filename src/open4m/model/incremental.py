@@ -167,8 +167,9 @@ class _ScreenedHead:
         """x (R, D) float32 → (tokens (R,) int64, probability of each token (R,) float32)."""
         xb = x.to(torch.bfloat16).contiguous()  # a fresh, aligned row-major buffer, as the kernel needs
         screen = torch.ops.aten._weight_int8pack_mm(xb, self.quantized, self.scale).float()  # (R, V)
-        x_error = (x - xb.float()).norm(dim=1, keepdim=True)
-        bound = (x_error * self.norm).addcmul_(xb.float().norm(dim=1, keepdim=True), self.residual)
+        rounded = xb.float()
+        x_error = (x - rounded).norm(dim=1, keepdim=True)
+        bound = (x_error * self.norm).addcmul_(rounded.norm(dim=1, keepdim=True), self.residual)
         bound.add_(screen.abs(), alpha=2 * _BF16_U)
         if self.bias is not None:
             screen += self.bias
@@ -312,7 +313,7 @@ class IncrementalDecoder:
             prob, tokens = self.logits(y, name).softmax(dim=-1).max(dim=-1)
             return tokens, prob
         if name not in self.screens:
-            key = (head.weight.data_ptr(), head.weight._version)
+            key = _version_key(head, torch.int8, False)  # weight and bias unchanged since the screen was made
             cached = _SCREENS.get(head)
             if cached is None or cached[0] != key:
                 cached = _SCREENS[head] = (key, _ScreenedHead(head))
