@@ -79,6 +79,7 @@ def test_plan_rejects_an_unknown_dtype():
 
 def test_calibration_picks_the_faster_precision_and_the_training_uses_it(tmp_path, monkeypatch):
     settings = Settings(**{**TINY.to_dict(), "steps": None, "minutes": 2})
+    monkeypatch.setattr("open4m.runtime.native_bf16", lambda: True)
     q = Quickstart(tmp_path / "q", settings, progress=False, log=lambda s: None)
     q.state["estimate"] = quickstart_plan.estimate(settings, 1)
     measured = {"fp32": 0.5, "bf16": 0.2}
@@ -99,6 +100,31 @@ def test_calibration_picks_the_faster_precision_and_the_training_uses_it(tmp_pat
                                                                                    "startup_s": 1.0, "wall_s": 3.0})
     fixed.state["estimate"] = q.state["estimate"]
     assert fixed._plan_training()["dtype"] == "fp32" and calls == ["fp32"]
+
+
+def test_bf16_is_not_calibrated_on_a_cpu_that_would_emulate_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("open4m.runtime.native_bf16", lambda: False)
+    lines, calls = [], []
+    q = Quickstart(tmp_path / "q", Settings(**{**TINY.to_dict(), "steps": None, "minutes": 2}), progress=False,
+                   log=lines.append)
+    q.state["estimate"] = quickstart_plan.estimate(q.settings, 1)
+    monkeypatch.setattr(q, "_calibrate", lambda dtype: calls.append(dtype) or {"seconds_per_step": 0.5,
+                                                                               "startup_s": 1.0, "wall_s": 3.0})
+    assert q._plan_training()["dtype"] == "fp32" and calls == ["fp32"]
+    assert any("no native bf16" in line for line in lines)
+    forced = Quickstart(tmp_path / "b", Settings(**{**q.settings.to_dict(), "dtype": "bf16"}), progress=False,
+                        log=lambda s: None)
+    forced.state["estimate"] = q.state["estimate"]
+    monkeypatch.setattr(forced, "_calibrate", lambda dtype: calls.append(dtype) or {"seconds_per_step": 0.5,
+                                                                                    "startup_s": 1.0, "wall_s": 3.0})
+    assert forced._plan_training()["dtype"] == "bf16" and calls[-1] == "bf16"  # asked for: calibrated and kept
+
+
+def test_native_bf16_answers_for_this_machine():
+    from open4m.runtime import native_bf16
+
+    assert native_bf16("cuda") is True
+    assert native_bf16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def test_a_run_folder_from_before_the_dtype_setting_continues(tiny_run, tmp_path):

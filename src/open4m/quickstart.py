@@ -6,7 +6,8 @@ Stages, in order (each reuses what an earlier run of the same folder finished):
 2. ``tokenizers``: the shipped world tokenizer set, or with ``train_tokenizers`` image tokenizers trained with
    ``configs/tokenizers/*.yaml`` (:func:`open4m.vq.train.train_tokenizer`) saved as a set in ``OUT/tokenizers``;
 3. ``tokenize``: token shards, ``OUT/data/tokens/{train,val}`` (:func:`open4m.data.pretokenize.pretokenize`);
-4. ``train``: a few calibration steps in fp32 and in bf16 autocast measure this machine, then the world recipe
+4. ``train``: a few calibration steps in fp32 and (on a CPU with native bf16 units,
+   :func:`open4m.runtime.native_bf16`) in bf16 autocast measure this machine, then the world recipe
    trains in the faster precision for the steps the budget leaves (:mod:`open4m.quickstart_plan`), checkpoints and
    ``loss.png`` in ``OUT/train`` (:func:`open4m.train.train`; an interrupted run resumes from its last checkpoint);
 5. ``export``: ``OUT/model``: config.json + model.safetensors (float16, tied heads once) and the tokenizer set in
@@ -279,7 +280,13 @@ class Quickstart:
         s = self.settings
         if s.steps is not None:
             return {"steps": s.steps, "calibrated": False, "dtype": "fp32" if s.dtype == "auto" else s.dtype}
+        from open4m.runtime import native_bf16
+
         candidates = ("fp32", "bf16") if s.dtype == "auto" else (s.dtype,)
+        if s.dtype == "auto" and not native_bf16():
+            candidates = ("fp32",)
+            self.log("  bf16 autocast not calibrated: this CPU has no native bf16 units (it would be emulated, "
+                     "~10x slower)")
         measured = {dtype: self._calibrate(dtype) for dtype in candidates}
         dtype = planning.choose_dtype({k: v["seconds_per_step"] for k, v in measured.items()})
         seconds_per_step, startup = measured[dtype]["seconds_per_step"], measured[dtype]["startup_s"]
