@@ -64,6 +64,15 @@ def test_steps_fill_the_budget():
     assert plan_settings().min_steps == quickstart_plan.MIN_STEPS
 
 
+def test_the_estimate_counts_the_steps_a_run_must_take():
+    default = quickstart_plan.estimate(plan_settings(), 2)
+    assert sum(default.values()) == pytest.approx(30 * 60)  # the budget's steps outlast its minimum
+    fast = plan_settings(fast=True)
+    estimate = quickstart_plan.estimate(fast, 2)
+    assert estimate["train"] >= fast.min_steps * quickstart_plan.PRIOR_FAST_STEP_S > fast.minutes * 60 - sum(
+        v for k, v in estimate.items() if k != "train")
+
+
 def test_bf16_is_chosen_only_when_it_pays_for_itself():
     assert quickstart_plan.choose_dtype({"fp32": 0.71, "bf16": 0.42}) == "bf16"
     assert quickstart_plan.choose_dtype({"fp32": 0.50, "bf16": 0.48}) == "fp32"  # < 1.1x faster
