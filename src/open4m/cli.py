@@ -429,7 +429,9 @@ def _add_quickstart_parser(sub) -> None:
     p.add_argument("--out", default="runs/quickstart", help="report folder (default runs/quickstart)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, help="time budget in minutes (default 30 on a 2-core CPU)")
-    budget.add_argument("--fast", action="store_true", help="a ~3 minute run with a smaller model (what CI runs)")
+    budget.add_argument("--fast", action="store_true",
+                        help="a 3-6 minute run (by the CPU) with a smaller model: at least 900 training steps "
+                        "(what CI runs)")
     p.add_argument("--train-tokenizers", action="store_true",
                    help="train the image tokenizers with configs/tokenizers/*.yaml instead of using the shipped "
                    "ones (about 15 min per tokenizer on 2 CPU cores, 4 tokenizers, on top of the budget)")

@@ -38,8 +38,8 @@ PRIOR_TOKENIZE_S_PER_SCENE = 0.05
 PRIOR_EVAL_S_PER_SCENE = 1.0  # per evaluated model, dim 128, 4 MaskGIT steps
 PRIOR_STARTUP_S = 10.0  # per library stage: imports, model / tokenizer loading
 # Seconds per training step of the ``--fast`` size (dim 128, 2+2 blocks, batch 16) on 2 cores: measured 0.14-0.24
-# on AVX-512 hosts, 0.32 (fp32) on an AVX2-only AMD EPYC; other sizes scale it by batch x dim x depth. Only the estimate of a run whose ``min_steps`` outlast the budget
-# uses it (``--fast`` on a slow machine); the calibration replaces it.
+# on AVX-512 hosts, 0.32 (fp32) on an AVX2-only AMD EPYC; other sizes scale it by batch x dim x depth. Only the
+# estimate of a run whose ``min_steps`` outlast the budget uses it (``--fast``); the calibration replaces it.
 PRIOR_FAST_STEP_S = 0.25
 PRIOR_CALIBRATION_S = 2 * PRIOR_STARTUP_S  # the calibration runs (start-up + 20 steps each)
 TOKENIZER_TRAIN_S = 15 * 60  # one image tokenizer with configs/tokenizers/*.yaml on 2 CPU cores
