@@ -5,6 +5,7 @@ import torch
 
 from open4m.model import FourM, preset
 from open4m.model.fourm import DecoderInput, EncoderInput
+from open4m.runtime import native_bf16
 
 DOMAINS = ["tok_rgb@224", "caption"]
 
@@ -74,7 +75,7 @@ def test_fp32_wide_layers_use_a_transposed_copy_for_few_rows_with_the_same_resul
     assert _Linear(layer, torch.float32, packed=False).weight_t is head.weight_t  # prepared once, reused
 
 
-def test_bf16_autocast_matches_the_autocast_reference_and_packs_weights_on_cpu():
+def test_bf16_autocast_matches_the_autocast_reference_and_packs_weights_where_the_cpu_can():
     model = _model("gelu")
     context, enc = _context(model)
     tokens = torch.randn(3, 5, model.config.dim, generator=torch.Generator().manual_seed(3))
@@ -84,14 +85,29 @@ def test_bf16_autocast_matches_the_autocast_reference_and_packs_weights_on_cpu()
         logits = decoder.logits(steps[:, -1], "caption")
         reference = model.logits(full[:, -1], "caption").float()
     assert decoder.dtype == torch.bfloat16
-    if torch.backends.mkldnn.is_available():
-        assert decoder.packed
+    # oneDNN packs bf16 weights only where the CPU has native bf16 units; elsewhere the plain bf16 weight is used.
+    assert decoder.packed == (torch.backends.mkldnn.is_available() and native_bf16("cpu"))
     fp32 = _full_decode(model, tokens, context, enc)
     # Both are bf16 computations of the fp32 result: the same size of error, far below the signal.
     err_steps, err_ref = (steps - fp32).abs().max(), (full - fp32).abs().max()
     assert err_steps < 3 * err_ref + 1e-3, (err_steps, err_ref)
     assert err_steps < 0.05 * fp32.abs().max()
     assert (logits - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+def test_bf16_without_native_units_uses_the_plain_weights(monkeypatch):
+    """On an AVX2-only CPU oneDNN refuses to pack bf16 weights; the decoder must fall back, not fail."""
+    import open4m.model.incremental as incremental
+
+    monkeypatch.setattr(incremental, "native_bf16", lambda device="cpu": False)
+    model = _model("gelu", seed=5)
+    context, enc = _context(model)
+    tokens = torch.randn(3, 4, model.config.dim, generator=torch.Generator().manual_seed(6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        steps, decoder = _stepwise(model, tokens, context, enc)
+    assert decoder.dtype == torch.bfloat16 and not decoder.packed
+    fp32 = _full_decode(model, tokens, context, enc)
+    assert (steps.float() - fp32).abs().max() < 0.05 * fp32.abs().max()
 
 
 def test_bad_use_is_named():

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from open4m.model.layers import GatedMlp, LayerNorm, mask_to_bias
+from open4m.runtime import native_bf16
 
 
 def compute_dtype(module: nn.Module, device: torch.device) -> torch.dtype:
@@ -53,8 +54,11 @@ def compute_dtype(module: nn.Module, device: torch.device) -> torch.dtype:
 
 
 def _packing_available(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether bf16 weights can be packed for oneDNN: its packed bf16 path needs native bf16 units (AVX-512 or
+    AVX-NE-CONVERT); on an AVX2-only CPU ``_reorder_linear_weight`` refuses, so the plain bf16 weight is used."""
     return (device.type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and native_bf16("cpu"))
 
 
 # A float32 CPU call with at most this many rows uses a wide layer's transposed weight copy; more rows make a
