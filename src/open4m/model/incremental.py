@@ -9,10 +9,11 @@ self-attention mask, but it only runs the new token through the blocks:
   written in place at step t (no re-allocation, no concatenation per token);
 - the work per token is a few dozen small kernels, so at batch 1 on a CPU their fixed cost decides
   the speed. In bfloat16 on the CPU (under ``torch.autocast("cpu", dtype=torch.bfloat16)`` or with
-  bf16 weights) each linear layer runs on a weight matrix packed once for oneDNN's bf16 kernels, with
-  the GELU fused into ``fc1`` and the logits head packed on first use (packed weights are kept for the
-  next generation call while the weights stay unchanged): PyTorch's plain bf16 ``linear`` re-lays-out the
-  weight on every call, which made bf16 decoding ~3x slower per token than fp32.
+  bf16 weights) on a CPU with native bf16 units each linear layer runs on a weight matrix packed once
+  for oneDNN's bf16 kernels (an AVX2-only CPU has none: oneDNN refuses to pack there and the plain bf16
+  weights are used), with the GELU fused into ``fc1`` and the logits head packed on first use (packed
+  weights are kept for the next generation call while the weights stay unchanged): PyTorch's plain bf16
+  ``linear`` re-lays-out the weight on every call, which made bf16 decoding ~3x slower per token than fp32.
   In float32 on the CPU a layer with more outputs than inputs (``fc1``, ``qkv``, the logits heads) keeps a
   transposed (D_in, D_out) copy of its weight for calls of at most :data:`TRANSPOSED_MAX_ROWS` rows: a
   matrix-vector product streams the weight from memory (the decoder's weights do not fit in the caches), and
