@@ -270,7 +270,9 @@ def test_shifts_move_raw_images_that_a_tokenizer_encodes_and_need_one_size(world
     for row, boxes in enumerate(got):
         expected = fuse_boxes([views[0][row], _moved_back(views[1][row], -4, 2)])
         assert [b["class"] for b in boxes] == [b["class"] for b in expected]
-        assert all(g["box"] == pytest.approx(e["box"], abs=TOL) for g, e in zip(boxes, expected, strict=True))
+        # Decoded as one batch or view by view, a near-tie of a coordinate token may fall either way: within
+        # about one coordinate bin (1/999) of the fused box, the same boxes in the same order.
+        assert all(g["box"] == pytest.approx(e["box"], abs=1.5e-3) for g, e in zip(boxes, expected, strict=True))
     pixels = to_model_pixels(np.zeros((2, 32, 32, 3), np.uint8))
     with pytest.raises(ValueError, match="one size"):
         detect(model, {"tok_depth@64": depth, "rgb@64": pixels}, "det@64", shifts=[(1, 0)], **kwargs)
