@@ -15,6 +15,7 @@ from open4m.evaluation import evaluate_model, format_table, load_results, not_be
 from open4m.evaluation import run as run_module
 from open4m.evaluation.tasks import METRICS, TASKS, plan_tasks
 from open4m.generation import boxes as boxes_module
+from open4m.generation import describe as describe_module
 from open4m.generation.prompt import GenerationResult
 from open4m.generation.runner import RGB_GUIDANCE
 from open4m.model import FourM, preset, save_pretrained
@@ -58,9 +59,10 @@ class Oracle:
     def __init__(self, samples, tokenizers):
         self.samples, self.tok = samples, tokenizers
         rgb = np.stack([s["rgb"] for s in samples])
-        # every view RGB->boxes may decode: (name, dx, dy) for the image, its reconstruction, mirror and shifts
+        # every view RGB->boxes or RGB->caption may decode: (name, dx, dy) for the image, its reconstruction,
+        # mirror and shifts
         self.views = [("image", 0, 0), ("reconstruction", 0, 0), ("mirror", 0, 0)] + [
-            ("shift", dx, dy) for dx, dy in boxes_module.SHIFTS]
+            ("shift", dx, dy) for dx, dy in (*boxes_module.SHIFTS, *describe_module.CAPTION_SHIFTS)]
         images = [rgb, tokenizers.image["tok_rgb@64"].reconstruct(rgb), rgb[:, :, ::-1]] + [
             moved_image(rgb, dx, dy) for _, dx, dy in self.views[3:]]
         self.pixels = np.concatenate([to_model_pixels(np.ascontiguousarray(x)) for x in images])
@@ -84,7 +86,8 @@ class Oracle:
         s, text = self.samples[i], self.tok.text
         kind, dx, dy = view
         mirrored, shifted = kind == "mirror", kind == "shift"
-        assert not (mirrored or shifted) or target == "det@64", "only RGB->boxes decodes mirrored or shifted images"
+        assert not mirrored or target == "det@64", "only RGB->boxes decodes mirrored images"
+        assert not shifted or target in ("det@64", "caption@64"), "only RGB->boxes / caption decode shifted images"
         if target == "caption@64":
             return text.decode(text.encode(s["caption"]))
         if target == "det@64":
@@ -112,6 +115,7 @@ def oracle_run(samples, tokenizers):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(run_module, "generate", oracle)
         patch.setattr(boxes_module, "generate", oracle)
+        patch.setattr(describe_module, "generate", oracle)
         results = evaluate_model(tiny_model(), tokenizers, samples, num_scenes=4, batch_size=3, det_samples=2)
     return results, oracle
 
@@ -123,11 +127,13 @@ def test_an_oracle_scores_exactly_the_tokenizer_ceiling(oracle_run):
         assert row["model"] == pytest.approx(row["ceiling"], rel=1e-6, abs=1e-9), row
     # chunked by batch_size: 4 scenes -> rows of 3 and 1, the judges' stacked images too; RGB->boxes decodes
     # each row, its mirror and its 8 shifted views greedily (3 rows -> one call of 30), then the image and its
-    # mirror twice sampled (det_samples=2): 12
+    # mirror twice sampled (det_samples=2): 12; RGB->caption decodes each row with its 8 shifted views at once
     assert [n for _, target, n in oracle.calls if target == "det@64"][:2] == [30, 12]
-    assert max(n for _, target, n in oracle.calls if target != "det@64") == 3
+    assert [n for name, target, n in oracle.calls if (name, target) == ("rgb@64", "caption@64")] == [27, 9]
+    assert max(n for _, target, n in oracle.calls if target not in ("det@64", "caption@64")) == 3
     assert results["settings"]["det_samples"] == 2 and results["settings"]["det_flip"] is True
     assert results["settings"]["det_shifts"] == [list(shift) for shift in boxes_module.SHIFTS]
+    assert results["settings"]["caption_shifts"] == [list(shift) for shift in describe_module.CAPTION_SHIFTS]
     assert results["num_scenes"] == 4 and not results["skipped"]
 
 
@@ -192,6 +198,7 @@ def test_refined_semseg_needs_the_box_task_and_flip_needs_rgb_pixels(samples, to
     results = evaluate_model(tokens_in, tokenizers, samples, num_scenes=1, tasks=["rgb->semseg"])
     assert results["settings"]["det_flip"] is False  # RGB tokens cannot be mirrored
     assert results["settings"]["det_shifts"] == []  # nor shifted
+    assert results["settings"]["caption_shifts"] == []  # for captions either
 
 
 def test_caption_to_rgb_without_a_det_head_keeps_the_semseg_metrics(samples, tokenizers, monkeypatch):
@@ -313,7 +320,8 @@ def test_cli_rgb_generation_flags_reach_the_results(tmp_path, val_dir, capsys):
     model_dir = save_pretrained(tiny_model(), tmp_path / "model")
     code, out = run_cli(["--model", model_dir, "--data", val_dir, "--num-scenes", 1, "--out", tmp_path / "eval",
                          "--steps", 1, "--tasks", "depth->rgb", "--rgb-steps", 2, "--rgb-guidance", 2.5,
-                         "--rgb-temperature", 0.5, "--no-det-flip", "--det-shift", 3, "--semseg-pixel-weight", 0.3],
+                         "--rgb-temperature", 0.5, "--no-det-flip", "--det-shift", 3, "--caption-shift", 0,
+                         "--semseg-pixel-weight", 0.3],
                         capsys)
     assert code == 0, out
     settings = load_results(tmp_path / "eval")["settings"]
@@ -321,3 +329,4 @@ def test_cli_rgb_generation_flags_reach_the_results(tmp_path, val_dir, capsys):
         (1, 2, 2.5, 0.5)
     assert settings["det_flip"] is False and settings["semseg_pixel_weight"] == 0.3
     assert settings["det_shifts"] == [[-3, -3], [0, -3], [3, -3], [-3, 0], [3, 0], [-3, 3], [0, 3], [3, 3]]
+    assert settings["caption_shifts"] == []

@@ -243,7 +243,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                               rgb_temperature=args.rgb_temperature, rgb_steps=args.rgb_steps,
                               rgb_guidance=args.rgb_guidance, det_samples=args.det_samples,
                               det_temperature=args.det_temperature, det_flip=args.det_flip,
-                              det_shifts=neighbour_shifts(args.det_shift), semseg_pixel_weight=args.semseg_pixel_weight,
+                              det_shifts=neighbour_shifts(args.det_shift),
+                              caption_shifts=neighbour_shifts(args.caption_shift),
+                              semseg_pixel_weight=args.semseg_pixel_weight,
                               seed=args.seed, progress=args.progress,
                               tasks=args.tasks.split(",") if args.tasks else None)
     print(format_table(results), end="")
@@ -253,6 +255,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _add_eval_parser(sub) -> None:
     from open4m.generation.boxes import DET_SHIFT, DET_TEMPERATURE
+    from open4m.generation.describe import CAPTION_SHIFT
     from open4m.generation.runner import RGB_GUIDANCE
     from open4m.generation.segmentation import PIXEL_WEIGHT
 
@@ -292,6 +295,9 @@ def _add_eval_parser(sub) -> None:
                    help="RGB->boxes: also decode the eight views of the image moved by PIXELS in x and / or y (one "
                    f"greedy decode each, boxes moved back and fused; default {DET_SHIFT}; 0 = none; "
                    "--det-shift 0 --no-det-flip = the greedy decode of the image alone)")
+    p.add_argument("--caption-shift", type=int, default=CAPTION_SHIFT, metavar="PIXELS",
+                   help="RGB->caption: decode each caption from the image and its eight views moved by PIXELS at once "
+                   f"(next-token log-probabilities averaged; default {CAPTION_SHIFT}; 0 = the image alone)")
     p.add_argument("--semseg-pixel-weight", type=float, default=PIXEL_WEIGHT,
                    help="RGB->semseg miou_refined: the predicted map's vote for its own label against the box scores "
                    f"when object pixels are relabelled by the model's boxes (default {PIXEL_WEIGHT:g})")

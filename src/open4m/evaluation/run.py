@@ -28,6 +28,7 @@ from open4m.evaluation import tasks as task_table
 from open4m.evaluation.captions import parse_caption, scene_truth, score_caption
 from open4m.evaluation.tasks import CAPTION, DEPTH, DET, SEMSEG, TARGETS, TOK_RGB, plan_tasks
 from open4m.generation.boxes import DET_TEMPERATURE, SHIFTS, detect
+from open4m.generation.describe import CAPTION_SHIFTS, describe
 from open4m.generation.prompt import generate
 from open4m.generation.runner import RGB_GUIDANCE
 from open4m.generation.sampler import TargetSpec
@@ -75,13 +76,14 @@ class _Evaluator:
     def __init__(self, model, tokenizers, plan, *, batch_size: int, steps: int, temperature: float, seed: int,
                  min_class_pixels: int, rgb_temperature: float, rgb_steps: int, rgb_guidance: float,
                  det_samples: int, det_temperature: float, det_flip: bool, det_shifts: tuple,
-                 semseg_pixel_weight: float) -> None:
+                 caption_shifts: tuple, semseg_pixel_weight: float) -> None:
         self.model, self.tok, self.plan = model, tokenizers, plan
         self.batch_size, self.steps, self.temperature, self.seed = batch_size, steps, temperature, seed
         self.rgb_temperature, self.rgb_steps, self.rgb_guidance = rgb_temperature, rgb_steps, rgb_guidance
         self.min_class_pixels = min_class_pixels
         self.det_samples, self.det_temperature, self.det_flip = det_samples, det_temperature, det_flip
         self.det_shifts = det_shifts
+        self.caption_shifts_asked = caption_shifts
         self.semseg_pixel_weight = semseg_pixel_weight
         self.batch_outputs: dict[str, object] = {}
         self.pool = _Pool()
@@ -191,11 +193,20 @@ class _Evaluator:
         return self.det_shifts if self._pixels_in else ()
 
     @property
+    def caption_shifts(self) -> tuple:
+        """The shifted views RGB->caption decodes with the image: those asked for with RGB pixel input, else none."""
+        return self.caption_shifts_asked if self._pixels_in else ()
+
+    @property
     def _pixels_in(self) -> bool:
         return bool(self.plan.rgb_input and modalities.get(self.plan.rgb_input).kind == "pixels")
 
     def _caption(self, samples, truth, rgb_in, seeds) -> None:
-        captions = self.generate(rgb_in, CAPTION, seeds)
+        if self.caption_shifts:
+            captions = describe(self.model, rgb_in, CAPTION, text_tokenizer=self.tok.text, tokenizers=self.tok.image,
+                                shifts=self.caption_shifts, temperature=self.temperature, seed=seeds)
+        else:
+            captions = self.generate(rgb_in, CAPTION, seeds)
         for s, caption in zip(samples, captions, strict=True):
             scene = scene_truth(s)
             for column, text in zip(COLUMNS, (caption, self.text_roundtrip(CAPTION, s["caption"])), strict=True):
@@ -317,6 +328,7 @@ def evaluate_model(
     det_temperature: float = DET_TEMPERATURE,
     det_flip: bool = True,
     det_shifts: Sequence[tuple[int, int]] = SHIFTS,
+    caption_shifts: Sequence[tuple[int, int]] = CAPTION_SHIFTS,
     semseg_pixel_weight: float = PIXEL_WEIGHT,
     seed: int = 0,
     tasks: list[str] | None = None,
@@ -352,6 +364,10 @@ def evaluate_model(
             greedy decodes of image, mirror and shifts score above greedy + 8 samples of image and mirror, in a
             third of the time); as ``det_flip``, only with RGB pixel input. ``det_samples=0, det_flip=False,
             det_shifts=()`` is the greedy decode alone.
+        caption_shifts: RGB->caption decodes each caption from the image and these shifted views at once (their
+            next-token log-probabilities averaged, :func:`open4m.generation.describe.describe`; default
+            :data:`open4m.generation.describe.CAPTION_SHIFTS`, the eight 3 px neighbours); only with RGB pixel
+            input; ``()`` = the image alone.
         semseg_pixel_weight: the refined RGB->semseg row (``miou_refined``) relabels the object pixels of the
             predicted map by the fused boxes with this weight for the map's own label
             (:func:`open4m.generation.segmentation.refine_with_boxes`; its ceiling: the semseg ceiling refined
@@ -382,11 +398,13 @@ def evaluate_model(
                            rgb_steps=rgb_steps, rgb_guidance=rgb_guidance, det_samples=det_samples,
                            det_temperature=det_temperature, det_flip=det_flip,
                            det_shifts=tuple(map(tuple, det_shifts)),  # detect() checks them (whole pixels)
+                           caption_shifts=tuple(map(tuple, caption_shifts)),  # and describe() these
                            semseg_pixel_weight=semseg_pixel_weight)
     settings = {"batch_size": batch_size, "steps": steps, "temperature": temperature,
                 "rgb_temperature": rgb_temperature, "rgb_steps": rgb_steps, "rgb_guidance": rgb_guidance,
                 "det_samples": det_samples, "det_temperature": det_temperature, "det_flip": evaluator.flip,
                 "det_shifts": [[int(c) for c in shift] for shift in evaluator.shifts],
+                "caption_shifts": [[int(c) for c in shift] for shift in evaluator.caption_shifts],
                 "semseg_pixel_weight": semseg_pixel_weight, "seed": seed, "min_class_pixels": min_class_pixels}
     was_training = model.training
     model.eval()

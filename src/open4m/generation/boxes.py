@@ -29,9 +29,7 @@ rows, then B x (1 + flip) x samples sampled rows.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,6 +37,7 @@ import torch
 from open4m import modalities
 from open4m.generation.prompt import generate
 from open4m.generation.sampler import TargetSpec
+from open4m.generation.views import View, neighbour_shifts, shifted_views, stack_views
 
 DET_SAMPLES = 8
 DET_TEMPERATURE = 0.7
@@ -48,17 +47,6 @@ MIRROR_SEED_OFFSET = 2**32
 # Shifted views: the image moved by half a patch of the world models (4 px patches) in x and / or y, so that
 # each view cuts the scene into patches halfway between the original's.
 DET_SHIFT = 2
-
-
-def neighbour_shifts(pixels: int) -> tuple[tuple[int, int], ...]:
-    """The eight ``(dx, dy)`` shifts of a 3 x 3 grid of step ``pixels`` around the image (the image itself
-    left out); none for 0."""
-    if pixels < 0:
-        raise ValueError(f"shifted views: the shift must be a whole number of pixels >= 0, got {pixels}")
-    steps = (-pixels, 0, pixels)
-    return tuple((dx, dy) for dy in steps for dx in steps if (dx, dy) != (0, 0)) if pixels else ()
-
-
 SHIFTS = neighbour_shifts(DET_SHIFT)
 
 
@@ -145,14 +133,11 @@ def detect(
         raise ValueError(f"detect: samples must be >= 0, got {samples}")
     if samples and temperature <= 0:
         raise ValueError(f"detect: sampled decodes need a temperature > 0, got {temperature}")
-    shifts = [_checked_shift(s) for s in shifts]
-    views = [_View()] + ([_View(mirror=True)] if flip else [])
+    shifted = shifted_views(conditions, shifts, tokenizers, "detect")
+    views = [View()] + ([View(mirror=True)] if flip else [])
     sampled_views = len(views)
-    if shifts:
-        size = _image_size(conditions, tokenizers)
-        views += [_View(dx=dx, dy=dy, width=size[1], height=size[0]) for dx, dy in shifts]
-    stacked = {name: _concat([view.apply(name, value, tokenizers) for view in views])
-               for name, value in conditions.items()}
+    views += shifted
+    stacked = stack_views(conditions, views, tokenizers, "detect")
     greedy = generate(model, stacked, [TargetSpec(target, temperature=0.0)], tokenizers=tokenizers,
                       text_tokenizer=text_tokenizer, seed=seed if isinstance(seed, int) else list(seed) * len(views))
     rows = len(greedy.decoded[target]) // len(views)
@@ -171,97 +156,9 @@ def detect(
     return [fuse_boxes(d, iou) for d in decodes]
 
 
-@dataclass(frozen=True)
-class _View:
-    """One view of the conditions: the image itself, mirrored left-right, or moved by (dx, dy) pixels of a
-    (height, width) image; :meth:`apply` makes it from a condition, :meth:`boxes_back` maps its boxes to the
-    original image."""
-
-    mirror: bool = False
-    dx: int = 0
-    dy: int = 0
-    width: int = 1
-    height: int = 1
-
-    @property
-    def identity(self) -> bool:
-        return not (self.mirror or self.dx or self.dy)
-
-    def apply(self, name: str, value, tokenizers: Mapping[str, object] | None):
-        if self.identity:
-            return value
-        h_axis, w_axis = _image_axes(name, value, tokenizers, "mirrored" if self.mirror else "shifted")
-        if self.mirror:
-            return value.flip(w_axis) if isinstance(value, torch.Tensor) else np.flip(value, w_axis).copy()
-        return _shifted(_shifted(value, self.dx, w_axis), self.dy, h_axis)
-
-    def boxes_back(self, boxes: list[dict]) -> list[dict]:
-        if self.mirror:
-            return [{**b, "box": [1.0 - b["box"][2], b["box"][1], 1.0 - b["box"][0], b["box"][3]]} for b in boxes]
-        if self.identity:
-            return boxes
-        ox, oy = self.dx / self.width, self.dy / self.height
-        return [{**b, "box": [min(max(c - o, 0.0), 1.0) for c, o in zip(b["box"], (ox, oy, ox, oy), strict=True)]}
-                for b in boxes]
-
-
-def _checked_shift(shift) -> tuple[int, int]:
-    try:
-        dx, dy = shift
-    except (TypeError, ValueError):
-        raise ValueError(f"detect: a shift is a pair (dx, dy) of pixels, got {shift!r}") from None
-    whole = all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in (dx, dy))
-    if not whole or (dx, dy) == (0, 0):
-        raise ValueError(f"detect: a shift is a nonzero pair (dx, dy) of whole pixels, got {shift!r}")
-    return int(dx), int(dy)
-
-
-def _image_size(conditions: Mapping[str, object], tokenizers: Mapping[str, object] | None) -> tuple[int, int]:
-    """The (height, width) every image condition shares (shifted views need one)."""
-    sizes = {}
-    for name, value in conditions.items():
-        h_axis, w_axis = _image_axes(name, value, tokenizers, "shifted")
-        sizes[name] = (int(value.shape[h_axis]), int(value.shape[w_axis]))
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"detect(shifts=...) needs image conditions of one size, got (height, width) {sizes}")
-    return next(iter(sizes.values()))
-
-
-def _shifted(value, offset: int, axis: int):
-    """``value`` moved by ``offset`` along ``axis`` (towards higher indices when positive), edges repeated."""
-    if not offset:
-        return value
-    n = value.shape[axis]
-    index = np.clip(np.arange(n) - offset, 0, n - 1)
-    if isinstance(value, torch.Tensor):
-        return value.index_select(axis, torch.as_tensor(index, device=value.device))
-    return np.take(value, index, axis=axis)
-
-
 def _scored(value) -> list[dict]:
     """A generated det row as scored boxes (an unparsable string is no boxes)."""
     return [b for b in value if isinstance(b, dict) and "score" in b] if isinstance(value, list) else []
-
-
-def _image_axes(name: str, value, tokenizers: Mapping[str, object] | None, what: str) -> tuple[int, int]:
-    """The (height, width) axes of image condition ``value`` of modality ``name``: pixels (B, C, H, W) or raw
-    float images (B, H, W[, C]) that a tokenizer encodes; anything else raises a ValueError."""
-    mod = modalities.get(name)
-    floating = (value.is_floating_point() if isinstance(value, torch.Tensor)
-                else isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating))
-    if mod.kind == "pixels" and floating and value.ndim == 4:
-        return 2, 3
-    if mod.kind == "image_tokens" and floating and value.ndim in (3, 4) and name in (tokenizers or {}):
-        return 1, 2
-    raise ValueError(f"detect: only image conditions can be {what}: pixels (B, C, H, W) or raw float images "
-                     f"(B, H, W[, C]) with a tokenizer; {name!r} ({mod.kind}) cannot be {what}")
-
-
-def _concat(parts: list):
-    """Batches of one condition, the rows of each part in turn."""
-    if len(parts) == 1:
-        return parts[0]
-    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
 
 
 def _repeat(value, times: int):

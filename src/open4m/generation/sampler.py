@@ -25,6 +25,10 @@ Semantics follow the official sampler (OFFICIAL-4M-SPEC §5.3):
   emptied (image: no inputs; sequence: ``[S_1]`` only; embeddings: one zero vector), ``l_i`` from the state
   with only guided condition group ``i`` kept. Plain classifier-free guidance is one group holding all the
   guided conditions. All branches run as one batch.
+- **View ensembles** (autoregressive targets, ``TargetSpec.views``): the batch holds ``views`` blocks of rows,
+  each a view of the same prompts (e.g. the image moved by a few pixels, :mod:`open4m.generation.describe`);
+  every step draws one token per prompt from the mean of the views' log-probabilities (after guidance) and
+  writes it to every view.
 - **Chains**: targets are generated in order and each finished target is an input of the next (in every
   guidance branch; list it in ``guided`` or the weights to guide on it, the official ``cfg_grow_conditioning``).
 
@@ -63,6 +67,10 @@ class TargetSpec:
         max_new_tokens: autoregressive length limit (None = the modality's ``max_tokens``).
         vocab_size: sample image tokens only below this id (the image tokenizer's vocabulary when it is
             smaller than the modality's, e.g. an FSQ codebook of 1000 in a 1024-id modality); None = all.
+        views: autoregressive targets only: the batch is ``views`` blocks of equally many rows, block ``v``
+            holding view ``v`` of every prompt (row ``v * B + i``: view ``v`` of prompt ``i``, e.g. the image
+            shifted by a few pixels, :mod:`open4m.generation.views`); each token is drawn once per prompt from
+            the mean of its views' log-probabilities (an ensemble) and written to every view. 1 = no ensemble.
     """
 
     name: str
@@ -75,6 +83,7 @@ class TargetSpec:
     guided: Sequence[str] | None = None
     max_new_tokens: int | None = None
     vocab_size: int | None = None
+    views: int = 1
 
     def resolved_scheme(self) -> str:
         if self.scheme is not None:
@@ -137,11 +146,18 @@ class Sampler:
                 raise ValueError(f"target {name!r}: sequence targets need a text tokenizer (sentinel ids)")
             remaining = (~state[name]["target_mask"]).sum(dim=1)
             if scheme != "autoregressive":
+                if spec.views != 1:
+                    raise ValueError(f"target {name!r}: views (an ensemble over views of the prompt) is for "
+                                     f"autoregressive targets only, got views={spec.views!r} with {scheme!r}")
                 schedules.temperature_schedule(spec.temperature_schedule, spec.temperature, [1])
                 for n in remaining.unique().tolist():
                     if n > 0:
                         schedules.token_schedule(self._token_schedule_name(spec), spec.steps, n)
             else:
+                rows = int(remaining.shape[0])
+                if not isinstance(spec.views, int) or spec.views < 1 or rows % spec.views:
+                    raise ValueError(f"target {name!r}: views must be a whole number >= 1 that divides the batch "
+                                     f"({rows} rows), got {spec.views!r}")
                 limit = modalities.get(name).max_tokens
                 if spec.max_new_tokens is not None and not 0 < spec.max_new_tokens <= limit:
                     raise ValueError(
@@ -335,8 +351,8 @@ class Sampler:
         probs = [torch.full((b, 1), float("nan"))]  # cat(probs)[:, t]: the probability out[:, t] was drawn with
         done = torch.zeros(b, dtype=torch.bool, device=start.device)
         decoder = model.incremental_decoder(context, enc, limit) if self.use_cache else None
-        # cached, unguided temperature-0 steps: the decoder's argmax of one branch's logits
-        greedy = decoder is not None and abs(spec.temperature) < ZERO_TEMPERATURE and not weights
+        # cached, unguided temperature-0 steps of one view: the decoder's argmax of one branch's logits
+        greedy = decoder is not None and abs(spec.temperature) < ZERO_TEMPERATURE and not weights and spec.views == 1
         for t in range(limit):
             if decoder is not None:
                 x = (emb.token_emb(out[:, -1:]).to(context.dtype) + pos_emb[t]).repeat(rows // b, 1, 1)
@@ -349,7 +365,10 @@ class Sampler:
                 logits = model.logits(self._decode_prefix(out, emb, pos_emb, context, enc, rows // b), name)
             if not greedy:
                 logits = self._combine(logits[:, None], weights, b)
-                new, prob = sample(logits, spec.temperature, generators, top_k, top_p)
+                if spec.views > 1:
+                    new, prob = self._ensemble_sample(logits, spec, generators, top_k, top_p)
+                else:
+                    new, prob = sample(logits, spec.temperature, generators, top_k, top_p)
             out = torch.cat([out, new], dim=1)
             probs.append(prob)
             done |= new[:, 0] == stop
@@ -358,6 +377,17 @@ class Sampler:
         probs = torch.cat([p.float().cpu() for p in probs], dim=1)
         state[name], self.token_scores[name] = self._merged(entry, out, probs, stop, name)
         return state
+
+    @staticmethod
+    def _ensemble_sample(logits, spec: TargetSpec, generators, top_k, top_p) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (V*B, 1, vocab) of ``spec.views`` blocks: one token per prompt drawn (with the generators of the
+        first block) from the blocks' mean log-probabilities, repeated to every block; (V*B, 1) tokens and
+        probabilities."""
+        views = spec.views
+        log_probs = logits.float().log_softmax(dim=-1)
+        mean = log_probs.reshape(views, log_probs.shape[0] // views, *log_probs.shape[1:]).mean(dim=0)
+        new, prob = sample(mean, spec.temperature, generators[: mean.shape[0]], top_k, top_p)
+        return new.repeat(views, 1), prob.repeat(views, 1)
 
     def _decode_prefix(self, out, emb, pos_emb, context, enc, repeat) -> torch.Tensor:
         """Uncached step: the decoder over the whole prefix (B, t) under a causal mask; the last outputs (R, D)."""

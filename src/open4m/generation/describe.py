@@ -1,0 +1,67 @@
+"""Captions (or any sequence target) decoded from an ensemble of views of the image.
+
+:func:`describe` stacks the image and its shifted views (:mod:`open4m.generation.views`) along the batch
+axis and decodes the sequence once for all of them: at each step the views' next-token log-probabilities are
+averaged and one token is chosen per image (``TargetSpec(views=...)`` of :mod:`open4m.generation.sampler`).
+A caption decoded from one view commits to whatever that view's patch grid shows best; the ensemble writes
+what the views agree on. Unlike the boxes of :func:`open4m.generation.boxes.detect`, the views are not
+mirrored: a mirror would reverse the left-to-right lists and left / right relations of a world caption.
+
+On the shipped world model (v4, 1,000 val scenes, greedy, `open4m eval --tasks rgb->caption`), the image alone
+vs with its eight 3 px shifts: object count 0.723 -> 0.730, colour 0.619 -> 0.635, shape 0.879 -> 0.900, relations
+0.090 -> 0.093, objects accounted for 0.321 -> 0.330; 36 s -> 229 s for the 1,000 captions on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from open4m import modalities
+from open4m.generation.prompt import generate
+from open4m.generation.sampler import TargetSpec
+from open4m.generation.views import View, neighbour_shifts, shifted_views, stack_views
+
+# The eight neighbours of the image moved by 3 px (world models: 4 px patches, so each view cuts the scene into
+# patches 3/4 of a patch from the original's).
+CAPTION_SHIFT = 3
+CAPTION_SHIFTS = neighbour_shifts(CAPTION_SHIFT)
+
+
+def describe(
+    model,
+    conditions: Mapping[str, object],
+    target: str,
+    *,
+    text_tokenizer,
+    tokenizers: Mapping[str, object] | None = None,
+    shifts: Sequence[tuple[int, int]] = CAPTION_SHIFTS,
+    temperature: float = 0.0,
+    seed: int | Sequence[int] = 0,
+) -> list:
+    """Sequence ``target`` (e.g. ``"caption@64"``) of every row of ``conditions`` (each with a batch axis: image
+    pixels (B, C, H, W) or raw float images (B, H, W[, C]) with a tokenizer in ``tokenizers``), decoded from the
+    image and its views moved by each ``(dx, dy)`` of ``shifts`` (pixels; ``()`` = the image alone, the same as
+    :func:`open4m.generation.generate`). ``temperature`` 0 is greedy; ``seed`` an int (row i: seed + i) or one
+    per row. Returns the decoded rows (strings for captions). Shifted conditions must share one size."""
+    if modalities.get(target).kind != "sequence":
+        raise ValueError(f"describe: {target!r} is not a sequence modality (captions, boxes); image targets "
+                         "are decoded with generate()")
+    views = [View(), *shifted_views(conditions, shifts, tokenizers, "describe")]
+    stacked = stack_views(conditions, views, tokenizers, "describe")
+    rows = _rows(stacked)
+    seeds = [seed + i for i in range(rows // len(views))] if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) * len(views) != rows:
+        raise ValueError(f"describe: {len(seeds)} seeds for {rows // len(views)} rows")
+    result = generate(model, stacked, [TargetSpec(target, temperature=temperature, views=len(views))],
+                      tokenizers=tokenizers, text_tokenizer=text_tokenizer, seed=seeds * len(views))
+    return list(result.decoded[target][: len(seeds)])
+
+
+def _rows(conditions: Mapping[str, object]) -> int:
+    sizes = {len(value) for value in conditions.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"describe: every condition needs the same batch size, got {sorted(sizes)}")
+    return sizes.pop()
+
+
+__all__ = ["CAPTION_SHIFT", "CAPTION_SHIFTS", "describe"]

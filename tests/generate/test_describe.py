@@ -1,0 +1,119 @@
+"""Sequences decoded from an ensemble of views (TargetSpec(views=...), open4m.generation.describe) and the view
+helpers they share with detect (open4m.generation.views)."""
+
+import numpy as np
+import pytest
+import torch
+
+from generation_helpers import moved_image
+from open4m.data.world import render_scene
+from open4m.evaluation.run import load_model_and_tokenizers
+from open4m.generation import TargetSpec, generate
+from open4m.generation import sampler as sampler_module
+from open4m.generation.describe import CAPTION_SHIFTS, describe
+from open4m.generation.views import View, neighbour_shifts, stack_views
+from open4m.pixels import to_model_pixels
+from open4m.shipped import world_model_dir
+
+CAPTION = "caption@64"
+
+
+@pytest.fixture(scope="module")
+def world():
+    return load_model_and_tokenizers(world_model_dir())
+
+
+@pytest.fixture(scope="module")
+def world_rgb():
+    return np.stack([render_scene(2 * 10**9 + k)["rgb"] for k in range(3)])
+
+
+def _captions(world, pixels, views=1, temperature=0.0, **spec):
+    model, tokenizers = world
+    result = generate(model, {"rgb@64": pixels}, [TargetSpec(CAPTION, views=views, temperature=temperature, **spec)],
+                      tokenizers=tokenizers.image, text_tokenizer=tokenizers.text, seed=0)
+    return result.decoded[CAPTION]
+
+
+def test_identical_views_decode_what_the_image_alone_decodes(world, world_rgb):
+    pixels = to_model_pixels(world_rgb)
+    alone = _captions(world, pixels)
+    ensemble = _captions(world, np.concatenate([pixels] * 3), views=3)
+    assert ensemble == alone * 3  # every view row gets the prompt's caption
+
+
+def test_each_token_is_the_argmax_of_the_views_mean_log_probabilities(world, world_rgb, monkeypatch):
+    pixels = to_model_pixels(world_rgb)
+    moved = to_model_pixels(moved_image(world_rgb, 3, -3))
+    seen = []
+    real = sampler_module.sample
+    monkeypatch.setattr(sampler_module, "sample", lambda logits, *a, **k: seen.append(logits) or real(logits, *a, **k))
+    # the first token's distribution of each view alone (sampled decodes hand the sampler the raw logits)
+    _captions(world, np.concatenate([pixels, moved]), temperature=1.0, max_new_tokens=1)
+    per_view = seen[-1].float().log_softmax(-1)  # (2B, 1, vocab)
+    first = _captions(world, np.concatenate([pixels, moved]), views=2, max_new_tokens=1)
+    mean = seen[-1]
+    b = len(world_rgb)
+    torch.testing.assert_close(mean, (per_view[:b] + per_view[b:]) / 2, atol=1e-4, rtol=1e-4)
+    model, tokenizers = world
+    ids = generate(model, {"rgb@64": np.concatenate([pixels, moved])},
+                   [TargetSpec(CAPTION, views=2, temperature=0.0, max_new_tokens=1)],
+                   tokenizers=tokenizers.image, text_tokenizer=tokenizers.text).tokens[CAPTION]
+    assert [row[0] for row in ids[:b]] == mean[:, 0].argmax(-1).tolist()
+    assert first[:b] == first[b:]
+    sampled = _captions(world, np.concatenate([pixels, moved]), views=2, temperature=1.0)
+    assert sampled[:b] == sampled[b:]  # one draw per prompt, written to both views
+    # the views disagree somewhere: otherwise this test could not tell a mean from either view
+    assert not torch.allclose(per_view[:b], per_view[b:], atol=1e-3)
+
+
+def test_cached_and_uncached_ensembles_agree(world, world_rgb):
+    model, tokenizers = world
+    stacked = stack_views({"rgb@64": to_model_pixels(world_rgb)}, [View(), View(dx=3, width=64, height=64)], None)
+    out = [generate(model, stacked, [TargetSpec(CAPTION, views=2, temperature=0.0)], tokenizers=tokenizers.image,
+                    text_tokenizer=tokenizers.text, use_cache=cache).decoded[CAPTION] for cache in (True, False)]
+    assert out[0] == out[1]
+
+
+def test_describe_decodes_the_image_and_its_shifted_views_together(world, world_rgb):
+    model, tokenizers = world
+    pixels = to_model_pixels(world_rgb)
+    kwargs = {"text_tokenizer": tokenizers.text, "tokenizers": tokenizers.image}
+    shifts = [(3, 0), (-2, 4)]
+    stacked = np.concatenate([pixels, *(to_model_pixels(moved_image(world_rgb, dx, dy)) for dx, dy in shifts)])
+    want = _captions(world, stacked, views=3)[: len(world_rgb)]
+    assert describe(model, {"rgb@64": pixels}, CAPTION, shifts=shifts, **kwargs) == want
+    assert describe(model, {"rgb@64": pixels}, CAPTION, shifts=(), **kwargs) == _captions(world, pixels)
+    default = describe(model, {"rgb@64": pixels[:1]}, CAPTION, **kwargs)  # the image and its 8 neighbours
+    assert len(default) == 1 and isinstance(default[0], str) and default[0]
+    assert CAPTION_SHIFTS == neighbour_shifts(3)
+
+
+def test_stacked_views_are_view_major(world_rgb):
+    pixels = to_model_pixels(world_rgb)
+    views = [View(), View(dx=2, dy=-1, width=64, height=64), View(mirror=True)]
+    stacked = stack_views({"rgb@64": pixels}, views, None)["rgb@64"]
+    b = len(world_rgb)
+    np.testing.assert_array_equal(stacked[:b], pixels)
+    np.testing.assert_array_equal(stacked[b: 2 * b], to_model_pixels(moved_image(world_rgb, 2, -1)))
+    np.testing.assert_array_equal(stacked[2 * b:], np.flip(pixels, 3))
+
+
+def test_bad_ensembles_are_named(world, world_rgb):
+    model, tokenizers = world
+    pixels = to_model_pixels(world_rgb)
+    with pytest.raises(ValueError, match=r"views must be a whole number >= 1 that divides the batch \(3 rows\)"):
+        _captions(world, pixels, views=2)
+    with pytest.raises(ValueError, match="views .* is for autoregressive targets only"):
+        generate(model, {"rgb@64": pixels}, [TargetSpec("tok_depth@64", views=3)], tokenizers=tokenizers.image,
+                 text_tokenizer=tokenizers.text)
+    kwargs = {"text_tokenizer": tokenizers.text, "tokenizers": tokenizers.image}
+    with pytest.raises(ValueError, match="describe: 'tok_depth@64' is not a sequence modality"):
+        describe(model, {"rgb@64": pixels}, "tok_depth@64", **kwargs)
+    with pytest.raises(ValueError, match="describe: a shift is a nonzero pair"):
+        describe(model, {"rgb@64": pixels}, CAPTION, shifts=[(0, 0)], **kwargs)
+    tokens = tokenizers.image["tok_rgb@64"].encode(world_rgb)
+    with pytest.raises(ValueError, match=r"describe: only image conditions can be shifted.*'tok_rgb@64'"):
+        describe(model, {"tok_rgb@64": tokens}, CAPTION, **kwargs)
+    with pytest.raises(ValueError, match="describe: 2 seeds for 3 rows"):
+        describe(model, {"rgb@64": pixels}, CAPTION, seed=[1, 2], **kwargs)
