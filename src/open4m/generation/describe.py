@@ -7,10 +7,11 @@ A caption decoded from one view commits to whatever that view's patch grid shows
 what the views agree on. Unlike the boxes of :func:`open4m.generation.boxes.detect`, the views are not
 mirrored: a mirror would reverse the left-to-right lists and left / right relations of a world caption.
 
-On the shipped world model (v5, 1,000 val scenes, greedy, `open4m eval --tasks rgb->caption`), the image alone
-vs with its eight 3 px shifts: object count 0.752 -> 0.756, colour 0.648 -> 0.682, shape 0.896 -> 0.912, relations
-0.127 -> 0.141, objects accounted for 0.350 -> 0.370 (v4: count 0.723 -> 0.730, colour 0.619 -> 0.635, shape
-0.879 -> 0.900); 36 s -> 229 s for the 1,000 captions on a 2-core CPU.
+On the shipped world model (v7, 1,000 val scenes, greedy, `open4m eval --tasks rgb->caption`), the image alone
+vs with its eight 3 px shifts: object count 0.833 -> 0.824 (within noise), colour 0.708 -> 0.730, shape 0.913 ->
+0.923, relations 0.194 -> 0.214, objects accounted for 0.548 -> 0.594 (v5: count 0.752 -> 0.756, colour 0.648 ->
+0.682, shape 0.896 -> 0.912; v4: count 0.723 -> 0.730, colour 0.619 -> 0.635, shape 0.879 -> 0.900); 33 s -> 219 s
+for the 1,000 captions on a 2-core CPU.
 """
 
 from __future__ import annotations
