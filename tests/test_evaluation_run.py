@@ -235,6 +235,29 @@ def test_rgb_generation_settings_reach_the_target_specs_and_the_results(samples,
         evaluate_model(tiny_model(), tokenizers, samples, rgb_steps=0)
 
 
+
+def test_caption_count_from_boxes_opens_each_caption_with_the_box_count(samples, tokenizers, monkeypatch):
+    from open4m.data.world.captions import count_sentence
+
+    monkeypatch.setattr(run_module, "generate", Oracle(samples, tokenizers))  # greedy boxes = the true boxes
+    seen = []
+
+    def recording(model, conditions, target, *, openings=None, **kwargs):
+        seen.append(openings)
+        return [count_sentence(len(s["det"])) for s in samples[: len(openings)]]
+
+    monkeypatch.setattr(run_module, "describe", recording)
+    results = evaluate_model(tiny_model(), tokenizers, samples, num_scenes=2, tasks=["rgb->caption"],
+                             caption_shifts=(), caption_count_from_boxes=True)
+    assert seen == [[count_sentence(len(s["det"])) for s in samples[:2]]]
+    assert {len(s["det"]) for s in samples[:2]} != {0}  # the boxes were counted, not an empty default
+    rows = {r["metric"]: r["model"] for r in results["metrics"]}
+    assert rows["count_acc"] == 1.0 and results["settings"]["caption_count_from_boxes"] is True
+    with pytest.raises(ValueError, match="caption_count_from_boxes: the model has no det@64 target"):
+        evaluate_model(tiny_model(DOMAINS_IN, ["caption@64"]), tokenizers, samples, num_scenes=1,
+                       tasks=["rgb->caption"], caption_count_from_boxes=True)
+
+
 # ------------------------------------------------------------------ report
 def fake_results(value, skipped=None):
     return {"num_scenes": 2, "settings": {"steps": 2, "temperature": 0.0, "seed": 0},
@@ -321,7 +344,7 @@ def test_cli_rgb_generation_flags_reach_the_results(tmp_path, val_dir, capsys):
     code, out = run_cli(["--model", model_dir, "--data", val_dir, "--num-scenes", 1, "--out", tmp_path / "eval",
                          "--steps", 1, "--tasks", "depth->rgb", "--rgb-steps", 2, "--rgb-guidance", 2.5,
                          "--rgb-temperature", 0.5, "--no-det-flip", "--det-shift", 3, "--caption-shift", 0,
-                         "--semseg-pixel-weight", 0.3],
+                         "--semseg-pixel-weight", 0.3, "--caption-count-from-boxes"],
                         capsys)
     assert code == 0, out
     settings = load_results(tmp_path / "eval")["settings"]
@@ -329,4 +352,4 @@ def test_cli_rgb_generation_flags_reach_the_results(tmp_path, val_dir, capsys):
         (1, 2, 2.5, 0.5)
     assert settings["det_flip"] is False and settings["semseg_pixel_weight"] == 0.3
     assert settings["det_shifts"] == [[-3, -3], [0, -3], [3, -3], [-3, 0], [3, 0], [-3, 3], [0, 3], [3, 3]]
-    assert settings["caption_shifts"] == []
+    assert settings["caption_shifts"] == [] and settings["caption_count_from_boxes"] is True

@@ -245,6 +245,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                               det_temperature=args.det_temperature, det_flip=args.det_flip,
                               det_shifts=neighbour_shifts(args.det_shift),
                               caption_shifts=neighbour_shifts(args.caption_shift),
+                              caption_count_from_boxes=args.caption_count_from_boxes,
                               semseg_pixel_weight=args.semseg_pixel_weight,
                               seed=args.seed, progress=args.progress,
                               tasks=args.tasks.split(",") if args.tasks else None)
@@ -298,6 +299,9 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--caption-shift", type=int, default=CAPTION_SHIFT, metavar="PIXELS",
                    help="RGB->caption: decode each caption from the image and its eight views moved by PIXELS at once "
                    f"(next-token log-probabilities averaged; default {CAPTION_SHIFT}; 0 = the image alone)")
+    p.add_argument("--caption-count-from-boxes", action="store_true",
+                   help="RGB->caption: open each caption with 'There are N objects.', N the number of boxes of the "
+                   "model's own greedy RGB->boxes decode, and let the model write the rest (a chain through its boxes)")
     p.add_argument("--semseg-pixel-weight", type=float, default=PIXEL_WEIGHT,
                    help="RGB->semseg miou_refined: the predicted map's vote for its own label against the box scores "
                    f"when object pixels are relabelled by the model's boxes (default {PIXEL_WEIGHT:g})")

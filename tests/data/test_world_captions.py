@@ -95,3 +95,16 @@ def test_lists_name_the_objects_left_to_right_in_the_image():
         checked += 1
         in_box_order += agree == len(named)
     assert checked >= 15 and in_box_order >= 0.9 * checked
+
+
+def test_count_sentence_states_the_count_in_each_template():
+    from open4m.data.world.captions import COUNT_TEMPLATES, count_sentence
+
+    assert count_sentence(3) == "There are three objects."
+    assert count_sentence(1) == "There is one object."
+    assert count_sentence(0) == "There are no objects."
+    for template in range(len(COUNT_TEMPLATES)):
+        for n in (0, 1, 2, 7):
+            assert parse_caption(count_sentence(n, template)).count == n
+    with pytest.raises(ValueError, match="counts 0-12, got 13"):
+        count_sentence(13)

@@ -117,3 +117,32 @@ def test_bad_ensembles_are_named(world, world_rgb):
         describe(model, {"tok_rgb@64": tokens}, CAPTION, **kwargs)
     with pytest.raises(ValueError, match="describe: 2 seeds for 3 rows"):
         describe(model, {"rgb@64": pixels}, CAPTION, seed=[1, 2], **kwargs)
+
+
+def test_forced_openings_are_written_first_and_the_model_continues(world, world_rgb):
+    model, tokenizers = world
+    pixels = to_model_pixels(world_rgb)
+    kwargs = {"text_tokenizer": tokenizers.text, "tokenizers": tokenizers.image}
+    free = describe(model, {"rgb@64": pixels}, CAPTION, shifts=(), **kwargs)
+    openings = ["There are twelve objects.", "", "There is one object."]
+    forced = describe(model, {"rgb@64": pixels}, CAPTION, shifts=(), openings=openings, **kwargs)
+    assert forced[0].startswith("there are twelve objects.") and forced[2].startswith("there is one object.")
+    assert forced[1] == free[1]  # an empty opening leaves the row free
+    assert len(forced[0]) > len("there are twelve objects.") + 10  # the model writes on after the opening
+    assert forced[0] != free[0] and not free[0].startswith("there are twelve objects.")
+    # with views, every view of a prompt gets its opening
+    shifted = describe(model, {"rgb@64": pixels}, CAPTION, shifts=[(3, 0)], openings=openings, **kwargs)
+    assert shifted[2].startswith("there is one object.")
+    words = tokenizers.text.encode("cube sphere")
+    ids = generate(model, {"rgb@64": pixels}, [TargetSpec(CAPTION, temperature=0.0, forced=[words, [], words[:1]])],
+                   tokenizers=tokenizers.image, text_tokenizer=tokenizers.text)
+    assert ids.tokens[CAPTION][0][:2] == words and ids.tokens[CAPTION][2][:1] == words[:1]
+    assert all(np.isnan(p) for p in ids.scores[CAPTION][0][:2])  # forced tokens were not drawn
+    with pytest.raises(ValueError, match="describe: 2 openings for 3 rows"):
+        describe(model, {"rgb@64": pixels}, CAPTION, openings=["", ""], **kwargs)
+    with pytest.raises(ValueError, match="forced has 2 rows, the batch has 3"):
+        generate(model, {"rgb@64": pixels}, [TargetSpec(CAPTION, forced=[[5], [6]])], tokenizers=tokenizers.image,
+                 text_tokenizer=tokenizers.text)
+    with pytest.raises(ValueError, match=r"forced token ids must lie in \[0, "):
+        generate(model, {"rgb@64": pixels}, [TargetSpec(CAPTION, forced=[[-1], [], []])],
+                 tokenizers=tokenizers.image, text_tokenizer=tokenizers.text)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from open4m import modalities, sequences
+from open4m.data.world.captions import NUMBER_WORDS, count_sentence
 from open4m.data.world.config import SEMSEG_CLASSES, SHAPE_LABELS, SHAPES
 from open4m.evaluation import metrics
 from open4m.evaluation import tasks as task_table
@@ -76,7 +77,7 @@ class _Evaluator:
     def __init__(self, model, tokenizers, plan, *, batch_size: int, steps: int, temperature: float, seed: int,
                  min_class_pixels: int, rgb_temperature: float, rgb_steps: int, rgb_guidance: float,
                  det_samples: int, det_temperature: float, det_flip: bool, det_shifts: tuple,
-                 caption_shifts: tuple, semseg_pixel_weight: float) -> None:
+                 caption_shifts: tuple, caption_count_from_boxes: bool, semseg_pixel_weight: float) -> None:
         self.model, self.tok, self.plan = model, tokenizers, plan
         self.batch_size, self.steps, self.temperature, self.seed = batch_size, steps, temperature, seed
         self.rgb_temperature, self.rgb_steps, self.rgb_guidance = rgb_temperature, rgb_steps, rgb_guidance
@@ -84,6 +85,7 @@ class _Evaluator:
         self.det_samples, self.det_temperature, self.det_flip = det_samples, det_temperature, det_flip
         self.det_shifts = det_shifts
         self.caption_shifts_asked = caption_shifts
+        self.caption_count_from_boxes = caption_count_from_boxes
         self.semseg_pixel_weight = semseg_pixel_weight
         self.batch_outputs: dict[str, object] = {}
         self.pool = _Pool()
@@ -202,9 +204,14 @@ class _Evaluator:
         return bool(self.plan.rgb_input and modalities.get(self.plan.rgb_input).kind == "pixels")
 
     def _caption(self, samples, truth, rgb_in, seeds) -> None:
-        if self.caption_shifts:
+        openings = None
+        if self.caption_count_from_boxes:  # the count sentence states how many boxes one greedy decode writes
+            openings = [count_sentence(min(len(boxes), len(NUMBER_WORDS) - 1))
+                        for boxes in self.generate(rgb_in, DET, seeds)]
+        if self.caption_shifts or openings is not None:
             captions = describe(self.model, rgb_in, CAPTION, text_tokenizer=self.tok.text, tokenizers=self.tok.image,
-                                shifts=self.caption_shifts, temperature=self.temperature, seed=seeds)
+                                shifts=self.caption_shifts, temperature=self.temperature, seed=seeds,
+                                openings=openings)
         else:
             captions = self.generate(rgb_in, CAPTION, seeds)
         for s, caption in zip(samples, captions, strict=True):
@@ -329,6 +336,7 @@ def evaluate_model(
     det_flip: bool = True,
     det_shifts: Sequence[tuple[int, int]] = SHIFTS,
     caption_shifts: Sequence[tuple[int, int]] = CAPTION_SHIFTS,
+    caption_count_from_boxes: bool = False,
     semseg_pixel_weight: float = PIXEL_WEIGHT,
     seed: int = 0,
     tasks: list[str] | None = None,
@@ -368,6 +376,9 @@ def evaluate_model(
             next-token log-probabilities averaged, :func:`open4m.generation.describe.describe`; default
             :data:`open4m.generation.describe.CAPTION_SHIFTS`, the eight 3 px neighbours); only with RGB pixel
             input; ``()`` = the image alone.
+        caption_count_from_boxes: RGB->caption chains through the model's own boxes: each caption is forced to
+            open with ``"There are N objects."``, N the number of boxes of one greedy RGB->det decode, and the
+            model writes the rest (needs a model with the det target).
         semseg_pixel_weight: the refined RGB->semseg row (``miou_refined``) relabels the object pixels of the
             predicted map by the fused boxes with this weight for the map's own label
             (:func:`open4m.generation.segmentation.refine_with_boxes`; its ceiling: the semseg ceiling refined
@@ -393,18 +404,22 @@ def evaluate_model(
     if semseg_pixel_weight < 0:
         raise ValueError(f"semseg_pixel_weight must be >= 0, got {semseg_pixel_weight}")
     plan = plan_tasks(model, tokenizers, tasks)
+    if caption_count_from_boxes and "rgb->caption" in plan.tasks and DET not in model.decoder_embeddings:
+        raise ValueError(f"caption_count_from_boxes: the model has no {DET} target to count the boxes with")
     evaluator = _Evaluator(model, tokenizers, plan, batch_size=batch_size, steps=steps, temperature=temperature,
                            seed=seed, min_class_pixels=min_class_pixels, rgb_temperature=rgb_temperature,
                            rgb_steps=rgb_steps, rgb_guidance=rgb_guidance, det_samples=det_samples,
                            det_temperature=det_temperature, det_flip=det_flip,
                            det_shifts=tuple(map(tuple, det_shifts)),  # detect() checks them (whole pixels)
                            caption_shifts=tuple(map(tuple, caption_shifts)),  # and describe() these
+                           caption_count_from_boxes=caption_count_from_boxes,
                            semseg_pixel_weight=semseg_pixel_weight)
     settings = {"batch_size": batch_size, "steps": steps, "temperature": temperature,
                 "rgb_temperature": rgb_temperature, "rgb_steps": rgb_steps, "rgb_guidance": rgb_guidance,
                 "det_samples": det_samples, "det_temperature": det_temperature, "det_flip": evaluator.flip,
                 "det_shifts": [[int(c) for c in shift] for shift in evaluator.shifts],
                 "caption_shifts": [[int(c) for c in shift] for shift in evaluator.caption_shifts],
+                "caption_count_from_boxes": caption_count_from_boxes,
                 "semseg_pixel_weight": semseg_pixel_weight, "seed": seed, "min_class_pixels": min_class_pixels}
     was_training = model.training
     model.eval()

@@ -39,12 +39,15 @@ def describe(
     shifts: Sequence[tuple[int, int]] = CAPTION_SHIFTS,
     temperature: float = 0.0,
     seed: int | Sequence[int] = 0,
+    openings: Sequence[str] | None = None,
 ) -> list:
     """Sequence ``target`` (e.g. ``"caption@64"``) of every row of ``conditions`` (each with a batch axis: image
     pixels (B, C, H, W) or raw float images (B, H, W[, C]) with a tokenizer in ``tokenizers``), decoded from the
     image and its views moved by each ``(dx, dy)`` of ``shifts`` (pixels; ``()`` = the image alone, the same as
     :func:`open4m.generation.generate`). ``temperature`` 0 is greedy; ``seed`` an int (row i: seed + i) or one
-    per row. Returns the decoded rows (strings for captions). Shifted conditions must share one size."""
+    per row. ``openings``: one text per row that its sequence must begin with (forced, e.g. a caption's count
+    sentence; ``""`` leaves a row free), the rest decoded as usual. Returns the decoded rows (strings for
+    captions). Shifted conditions must share one size."""
     if modalities.get(target).kind != "sequence":
         raise ValueError(f"describe: {target!r} is not a sequence modality (captions, boxes); image targets "
                          "are decoded with generate()")
@@ -54,7 +57,12 @@ def describe(
     seeds = [seed + i for i in range(rows // len(views))] if isinstance(seed, int) else [int(s) for s in seed]
     if len(seeds) * len(views) != rows:
         raise ValueError(f"describe: {len(seeds)} seeds for {rows // len(views)} rows")
-    result = generate(model, stacked, [TargetSpec(target, temperature=temperature, views=len(views))],
+    forced = None
+    if openings is not None:
+        if len(openings) != len(seeds):
+            raise ValueError(f"describe: {len(openings)} openings for {len(seeds)} rows")
+        forced = [text_tokenizer.encode(text) if text else [] for text in openings] * len(views)
+    result = generate(model, stacked, [TargetSpec(target, temperature=temperature, views=len(views), forced=forced)],
                       tokenizers=tokenizers, text_tokenizer=text_tokenizer, seed=seeds * len(views))
     return list(result.decoded[target][: len(seeds)])
 

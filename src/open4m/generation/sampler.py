@@ -71,6 +71,9 @@ class TargetSpec:
             holding view ``v`` of every prompt (row ``v * B + i``: view ``v`` of prompt ``i``, e.g. the image
             shifted by a few pixels, :mod:`open4m.generation.views`); each token is drawn once per prompt from
             the mean of its views' log-probabilities (an ensemble) and written to every view. 1 = no ensemble.
+        forced: autoregressive targets only: per row of the batch (every view's row, with ``views``), token ids
+            the decoder writes first, whatever it predicts, before it continues on its own (a forced opening of
+            the sequence, e.g. a caption's first sentence); an empty list leaves a row free. None = no row forced.
     """
 
     name: str
@@ -84,6 +87,7 @@ class TargetSpec:
     max_new_tokens: int | None = None
     vocab_size: int | None = None
     views: int = 1
+    forced: Sequence[Sequence[int]] | None = None
 
     def resolved_scheme(self) -> str:
         if self.scheme is not None:
@@ -353,6 +357,7 @@ class Sampler:
         decoder = model.incremental_decoder(context, enc, limit) if self.use_cache else None
         # cached, unguided temperature-0 steps of one view: the decoder's argmax of one branch's logits
         greedy = decoder is not None and abs(spec.temperature) < ZERO_TEMPERATURE and not weights and spec.views == 1
+        forced = _forced_rows(spec, b)
         for t in range(limit):
             if decoder is not None:
                 x = (emb.token_emb(out[:, -1:]).to(context.dtype) + pos_emb[t]).repeat(rows // b, 1, 1)
@@ -369,6 +374,8 @@ class Sampler:
                     new, prob = self._ensemble_sample(logits, spec, generators, top_k, top_p)
                 else:
                     new, prob = sample(logits, spec.temperature, generators, top_k, top_p)
+            if forced is not None:
+                new, prob = _force(new, prob, forced, t)
             out = torch.cat([out, new], dim=1)
             probs.append(prob)
             done |= new[:, 0] == stop
@@ -426,3 +433,30 @@ class Sampler:
         }
         return entry, scores
 
+
+
+def _forced_rows(spec: TargetSpec, rows: int) -> list[list[int]] | None:
+    """``spec.forced`` checked against the batch: one id list per row, or None when nothing is forced."""
+    if spec.forced is None:
+        return None
+    forced = [[int(i) for i in row] for row in spec.forced]
+    if len(forced) != rows:
+        raise ValueError(f"target {spec.name!r}: forced has {len(forced)} rows, the batch has {rows} (with "
+                         f"views, one per view of every prompt)")
+    vocab = modalities.get(spec.name).vocab_size
+    if any(i < 0 or i >= vocab for row in forced for i in row):
+        raise ValueError(f"target {spec.name!r}: forced token ids must lie in [0, {vocab})")
+    return forced if any(forced) else None
+
+
+def _force(new: torch.Tensor, prob: torch.Tensor, forced: list[list[int]], t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step ``t``'s tokens (B, 1) with each row's forced id written over its prediction where it has one;
+    a forced token's probability is NaN (it was not drawn)."""
+    rows = [i for i, ids in enumerate(forced) if t < len(ids)]
+    if not rows:
+        return new, prob
+    new, prob = new.clone(), prob.clone().float()
+    index = torch.tensor(rows, device=new.device)
+    new[index, 0] = torch.tensor([forced[i][t] for i in rows], dtype=new.dtype, device=new.device)
+    prob[index, 0] = float("nan")
+    return new, prob

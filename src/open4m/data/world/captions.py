@@ -92,7 +92,15 @@ def relation_facts(scene: Scene, visible: list[int], margin: float) -> list[tupl
 
 
 def _count_sentence(rng: np.random.Generator, n: int) -> str:
-    template = COUNT_TEMPLATES[int(rng.integers(len(COUNT_TEMPLATES)))]
+    return count_sentence(n, int(rng.integers(len(COUNT_TEMPLATES))))
+
+
+def count_sentence(n: int, template: int = 0) -> str:
+    """The sentence stating that ``n`` objects are visible, in count template ``template`` of
+    :data:`COUNT_TEMPLATES`: ``count_sentence(3) == "There are three objects."``."""
+    if not 0 <= n < len(NUMBER_WORDS):
+        raise ValueError(f"count_sentence: captions name counts 0-{len(NUMBER_WORDS) - 1}, got {n}")
+    template = COUNT_TEMPLATES[template]
     words = {"are": "is" if n == 1 else "are", "stand": "stands" if n == 1 else "stand",
              "objects": "object" if n == 1 else "objects", "n": NUMBER_WORDS[n]}
     words["N"] = words["n"].capitalize()
