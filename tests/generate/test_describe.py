@@ -143,6 +143,9 @@ def test_forced_openings_are_written_first_and_the_model_continues(world, world_
     with pytest.raises(ValueError, match="forced has 2 rows, the batch has 3"):
         generate(model, {"rgb@64": pixels}, [TargetSpec(CAPTION, forced=[[5], [6]])], tokenizers=tokenizers.image,
                  text_tokenizer=tokenizers.text)
+    with pytest.raises(ValueError, match="forced .* is for autoregressive targets only, not 'maskgit'"):
+        generate(model, {"rgb@64": pixels}, [TargetSpec("tok_depth@64", forced=[[1], [], []])],
+                 tokenizers=tokenizers.image, text_tokenizer=tokenizers.text)
     with pytest.raises(ValueError, match=r"forced token ids must lie in \[0, "):
         generate(model, {"rgb@64": pixels}, [TargetSpec(CAPTION, forced=[[-1], [], []])],
                  tokenizers=tokenizers.image, text_tokenizer=tokenizers.text)

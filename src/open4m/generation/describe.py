@@ -6,6 +6,9 @@ averaged and one token is chosen per image (``TargetSpec(views=...)`` of :mod:`o
 A caption decoded from one view commits to whatever that view's patch grid shows best; the ensemble writes
 what the views agree on. Unlike the boxes of :func:`open4m.generation.boxes.detect`, the views are not
 mirrored: a mirror would reverse the left-to-right lists and left / right relations of a world caption.
+``openings`` forces each sequence to begin with given text (``TargetSpec(forced=...)``) and lets the model write
+the rest: ``open4m eval --caption-count-from-boxes`` opens each world caption with the count of the model's own
+boxes this way (shipped v7, nine views: count 0.824 -> 0.892).
 
 On the shipped world model (v7, 1,000 val scenes, greedy, `open4m eval --tasks rgb->caption`), the image alone
 vs with its eight 3 px shifts: object count 0.833 -> 0.824 (within noise), colour 0.708 -> 0.730, shape 0.913 ->

@@ -153,6 +153,9 @@ class Sampler:
                 if spec.views != 1:
                     raise ValueError(f"target {name!r}: views (an ensemble over views of the prompt) is for "
                                      f"autoregressive targets only, got views={spec.views!r} with {scheme!r}")
+                if spec.forced is not None:
+                    raise ValueError(f"target {name!r}: forced (tokens written first) is for autoregressive "
+                                     f"targets only, not {scheme!r}")
                 schedules.temperature_schedule(spec.temperature_schedule, spec.temperature, [1])
                 for n in remaining.unique().tolist():
                     if n > 0:
@@ -432,7 +435,6 @@ class Sampler:
             "decoder_attention_mask": torch.zeros(tensor.shape, dtype=torch.int32, device=tensor.device),
         }
         return entry, scores
-
 
 
 def _forced_rows(spec: TargetSpec, rows: int) -> list[list[int]] | None:
