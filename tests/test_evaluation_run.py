@@ -258,6 +258,33 @@ def test_caption_count_from_boxes_opens_each_caption_with_the_box_count(samples,
                        tasks=["rgb->caption"], caption_count_from_boxes=True)
 
 
+def test_caption_given_boxes_decodes_each_caption_from_the_image_and_its_boxes(samples, tokenizers, monkeypatch):
+    from open4m.data.world.captions import count_sentence
+
+    monkeypatch.setattr(run_module, "generate", Oracle(samples, tokenizers))  # greedy boxes = the true boxes
+    seen = []
+
+    def recording(model, conditions, target, *, openings=None, shifts=(), **kwargs):
+        seen.append((sorted(conditions), conditions.get("det@64"), openings, shifts))
+        return [s["caption"] for s in samples[: len(conditions["rgb@64"])]]
+
+    monkeypatch.setattr(run_module, "describe", recording)
+    results = evaluate_model(tiny_model(), tokenizers, samples, num_scenes=2, tasks=["rgb->caption"],
+                             caption_shifts=((3, 0),), caption_given_boxes=True)
+    (names, boxes, openings, shifts), = seen
+    assert names == ["det@64", "rgb@64"] and openings is None and shifts == ((3, 0),)
+    truth = [sorted(d["class"] for d in s["det"]) for s in samples[:2]]
+    assert [sorted(b["class"] for b in row) for row in boxes] == truth
+    assert results["settings"]["caption_given_boxes"] is True
+    seen.clear()  # with the count as well: one decode feeds both
+    evaluate_model(tiny_model(), tokenizers, samples, num_scenes=2, tasks=["rgb->caption"], caption_shifts=(),
+                   caption_given_boxes=True, caption_count_from_boxes=True)
+    assert seen[0][2] == [count_sentence(len(s["det"])) for s in samples[:2]] and seen[0][1] is not None
+    with pytest.raises(ValueError, match="caption_given_boxes: the model needs det@64 as both target and input"):
+        evaluate_model(tiny_model(DOMAINS_IN[:-1], DOMAINS_OUT), tokenizers, samples, num_scenes=1,
+                       tasks=["rgb->caption"], caption_given_boxes=True)
+
+
 # ------------------------------------------------------------------ report
 def fake_results(value, skipped=None):
     return {"num_scenes": 2, "settings": {"steps": 2, "temperature": 0.0, "seed": 0},
@@ -344,7 +371,7 @@ def test_cli_rgb_generation_flags_reach_the_results(tmp_path, val_dir, capsys):
     code, out = run_cli(["--model", model_dir, "--data", val_dir, "--num-scenes", 1, "--out", tmp_path / "eval",
                          "--steps", 1, "--tasks", "depth->rgb", "--rgb-steps", 2, "--rgb-guidance", 2.5,
                          "--rgb-temperature", 0.5, "--no-det-flip", "--det-shift", 3, "--caption-shift", 0,
-                         "--semseg-pixel-weight", 0.3, "--caption-count-from-boxes"],
+                         "--semseg-pixel-weight", 0.3, "--caption-count-from-boxes", "--caption-given-boxes"],
                         capsys)
     assert code == 0, out
     settings = load_results(tmp_path / "eval")["settings"]
@@ -353,3 +380,4 @@ def test_cli_rgb_generation_flags_reach_the_results(tmp_path, val_dir, capsys):
     assert settings["det_flip"] is False and settings["semseg_pixel_weight"] == 0.3
     assert settings["det_shifts"] == [[-3, -3], [0, -3], [3, -3], [-3, 0], [3, 0], [-3, 3], [0, 3], [3, 3]]
     assert settings["caption_shifts"] == [] and settings["caption_count_from_boxes"] is True
+    assert settings["caption_given_boxes"] is True

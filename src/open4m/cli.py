@@ -246,6 +246,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                               det_shifts=neighbour_shifts(args.det_shift),
                               caption_shifts=neighbour_shifts(args.caption_shift),
                               caption_count_from_boxes=args.caption_count_from_boxes,
+                              caption_given_boxes=args.caption_given_boxes,
                               semseg_pixel_weight=args.semseg_pixel_weight,
                               seed=args.seed, progress=args.progress,
                               tasks=args.tasks.split(",") if args.tasks else None)
@@ -302,6 +303,10 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--caption-count-from-boxes", action="store_true",
                    help="RGB->caption: open each caption with 'There are N objects.', N the number of boxes of the "
                    "model's own greedy RGB->boxes decode, and let the model write the rest (a chain through its boxes)")
+    p.add_argument("--caption-given-boxes", action="store_true",
+                   help="RGB->caption: decode each caption from the image and the boxes of the model's own greedy "
+                   "RGB->boxes decode, given as a det condition (a chain through its boxes; needs a model that "
+                   "takes det as input)")
     p.add_argument("--semseg-pixel-weight", type=float, default=PIXEL_WEIGHT,
                    help="RGB->semseg miou_refined: the predicted map's vote for its own label against the box scores "
                    f"when object pixels are relabelled by the model's boxes (default {PIXEL_WEIGHT:g})")

@@ -99,6 +99,24 @@ def test_stacked_views_are_view_major(world_rgb):
     np.testing.assert_array_equal(stacked[2 * b:], np.flip(pixels, 3))
 
 
+def test_boxes_conditions_move_with_each_view():
+    boxes = [[{"box": [0.25, 0.5, 0.5, 0.75], "class": "cube"}], [], [{"box": [0.0, 0.0, 1.0, 0.125], "class": "cone"}]]
+    pixels = np.zeros((3, 3, 64, 64), np.float32)
+    views = [View(), View(dx=8, dy=-16, width=64, height=64), View(mirror=True)]
+    stacked = stack_views({"rgb@64": pixels, "det@64": boxes}, views, None)
+    assert len(stacked["rgb@64"]) == len(stacked["det@64"]) == 9
+    assert stacked["det@64"][:3] == boxes
+    # moved right by 8 px (1/8) and up by 16 px (1/4): the boxes follow, clipped to the image
+    assert stacked["det@64"][3] == [{"box": [0.375, 0.25, 0.625, 0.5], "class": "cube"}]
+    assert stacked["det@64"][4] == []
+    assert stacked["det@64"][5] == [{"box": [0.125, 0.0, 1.0, 0.0], "class": "cone"}]
+    assert stacked["det@64"][6] == [{"box": [0.5, 0.5, 0.75, 0.75], "class": "cube"}]  # mirrored
+    for view in views:  # boxes_back undoes boxes_forward where nothing was clipped
+        assert view.boxes_back(view.boxes_forward(boxes[0])) == boxes[0]
+    with pytest.raises(ValueError, match=r"describe: 'det@64' can be shifted or mirrored only as boxes"):
+        stack_views({"rgb@64": pixels, "det@64": ["v0=1 v1=2 v2=3 v3=4 cube"] * 3}, views, None, "describe")
+
+
 def test_bad_ensembles_are_named(world, world_rgb):
     model, tokenizers = world
     pixels = to_model_pixels(world_rgb)

@@ -77,7 +77,8 @@ class _Evaluator:
     def __init__(self, model, tokenizers, plan, *, batch_size: int, steps: int, temperature: float, seed: int,
                  min_class_pixels: int, rgb_temperature: float, rgb_steps: int, rgb_guidance: float,
                  det_samples: int, det_temperature: float, det_flip: bool, det_shifts: tuple,
-                 caption_shifts: tuple, caption_count_from_boxes: bool, semseg_pixel_weight: float) -> None:
+                 caption_shifts: tuple, caption_count_from_boxes: bool, caption_given_boxes: bool,
+                 semseg_pixel_weight: float) -> None:
         self.model, self.tok, self.plan = model, tokenizers, plan
         self.batch_size, self.steps, self.temperature, self.seed = batch_size, steps, temperature, seed
         self.rgb_temperature, self.rgb_steps, self.rgb_guidance = rgb_temperature, rgb_steps, rgb_guidance
@@ -86,6 +87,7 @@ class _Evaluator:
         self.det_shifts = det_shifts
         self.caption_shifts_asked = caption_shifts
         self.caption_count_from_boxes = caption_count_from_boxes
+        self.caption_given_boxes = caption_given_boxes
         self.semseg_pixel_weight = semseg_pixel_weight
         self.batch_outputs: dict[str, object] = {}
         self.pool = _Pool()
@@ -204,14 +206,16 @@ class _Evaluator:
         return bool(self.plan.rgb_input and modalities.get(self.plan.rgb_input).kind == "pixels")
 
     def _caption(self, samples, truth, rgb_in, seeds) -> None:
+        chained = self.caption_count_from_boxes or self.caption_given_boxes
+        boxes = self.generate(rgb_in, DET, seeds) if chained else None  # one greedy RGB->det decode per scene
         openings = None
-        if self.caption_count_from_boxes:  # the count sentence states how many boxes one greedy decode writes
-            openings = [count_sentence(min(len(boxes), len(NUMBER_WORDS) - 1))
-                        for boxes in self.generate(rgb_in, DET, seeds)]
-        if self.caption_shifts or openings is not None:
-            captions = describe(self.model, rgb_in, CAPTION, text_tokenizer=self.tok.text, tokenizers=self.tok.image,
-                                shifts=self.caption_shifts, temperature=self.temperature, seed=seeds,
-                                openings=openings)
+        if self.caption_count_from_boxes:  # the count sentence states how many boxes that decode writes
+            openings = [count_sentence(min(len(row), len(NUMBER_WORDS) - 1)) for row in boxes]
+        conditions = {**rgb_in, DET: boxes} if self.caption_given_boxes else rgb_in
+        if self.caption_shifts or chained:
+            captions = describe(self.model, conditions, CAPTION, text_tokenizer=self.tok.text,
+                                tokenizers=self.tok.image, shifts=self.caption_shifts, temperature=self.temperature,
+                                seed=seeds, openings=openings)
         else:
             captions = self.generate(rgb_in, CAPTION, seeds)
         for s, caption in zip(samples, captions, strict=True):
@@ -337,6 +341,7 @@ def evaluate_model(
     det_shifts: Sequence[tuple[int, int]] = SHIFTS,
     caption_shifts: Sequence[tuple[int, int]] = CAPTION_SHIFTS,
     caption_count_from_boxes: bool = False,
+    caption_given_boxes: bool = False,
     semseg_pixel_weight: float = PIXEL_WEIGHT,
     seed: int = 0,
     tasks: list[str] | None = None,
@@ -379,6 +384,10 @@ def evaluate_model(
         caption_count_from_boxes: RGB->caption chains through the model's own boxes: each caption is forced to
             open with ``"There are N objects."``, N the number of boxes of one greedy RGB->det decode, and the
             model writes the rest (needs a model with the det target).
+        caption_given_boxes: RGB->caption chains through the model's own boxes as a condition: each caption is
+            decoded from the image *and* the boxes of one greedy RGB->det decode (given as ``det@64``, moved with
+            each shifted view; needs a model with det as target and input). With ``caption_count_from_boxes`` both
+            use the same decode.
         semseg_pixel_weight: the refined RGB->semseg row (``miou_refined``) relabels the object pixels of the
             predicted map by the fused boxes with this weight for the map's own label
             (:func:`open4m.generation.segmentation.refine_with_boxes`; its ceiling: the semseg ceiling refined
@@ -406,6 +415,10 @@ def evaluate_model(
     plan = plan_tasks(model, tokenizers, tasks)
     if caption_count_from_boxes and "rgb->caption" in plan.tasks and DET not in model.decoder_embeddings:
         raise ValueError(f"caption_count_from_boxes: the model has no {DET} target to count the boxes with")
+    if caption_given_boxes and "rgb->caption" in plan.tasks and not (
+            DET in model.decoder_embeddings and DET in model.encoder_embeddings):
+        raise ValueError(f"caption_given_boxes: the model needs {DET} as both target and input to give a caption "
+                         "its own boxes")
     evaluator = _Evaluator(model, tokenizers, plan, batch_size=batch_size, steps=steps, temperature=temperature,
                            seed=seed, min_class_pixels=min_class_pixels, rgb_temperature=rgb_temperature,
                            rgb_steps=rgb_steps, rgb_guidance=rgb_guidance, det_samples=det_samples,
@@ -413,13 +426,14 @@ def evaluate_model(
                            det_shifts=tuple(map(tuple, det_shifts)),  # detect() checks them (whole pixels)
                            caption_shifts=tuple(map(tuple, caption_shifts)),  # and describe() these
                            caption_count_from_boxes=caption_count_from_boxes,
+                           caption_given_boxes=caption_given_boxes,
                            semseg_pixel_weight=semseg_pixel_weight)
     settings = {"batch_size": batch_size, "steps": steps, "temperature": temperature,
                 "rgb_temperature": rgb_temperature, "rgb_steps": rgb_steps, "rgb_guidance": rgb_guidance,
                 "det_samples": det_samples, "det_temperature": det_temperature, "det_flip": evaluator.flip,
                 "det_shifts": [[int(c) for c in shift] for shift in evaluator.shifts],
                 "caption_shifts": [[int(c) for c in shift] for shift in evaluator.caption_shifts],
-                "caption_count_from_boxes": caption_count_from_boxes,
+                "caption_count_from_boxes": caption_count_from_boxes, "caption_given_boxes": caption_given_boxes,
                 "semseg_pixel_weight": semseg_pixel_weight, "seed": seed, "min_class_pixels": min_class_pixels}
     was_training = model.training
     model.eval()

@@ -45,11 +45,12 @@ def describe(
     openings: Sequence[str] | None = None,
 ) -> list:
     """Sequence ``target`` (e.g. ``"caption@64"``) of every row of ``conditions`` (each with a batch axis: image
-    pixels (B, C, H, W) or raw float images (B, H, W[, C]) with a tokenizer in ``tokenizers``), decoded from the
-    image and its views moved by each ``(dx, dy)`` of ``shifts`` (pixels; ``()`` = the image alone, the same as
-    :func:`open4m.generation.generate`). ``temperature`` 0 is greedy; ``seed`` an int (row i: seed + i) or one
-    per row. ``openings``: one text per row that its sequence must begin with (forced, e.g. a caption's count
-    sentence; ``""`` leaves a row free), the rest decoded as usual. Returns the decoded rows (strings for
+    pixels (B, C, H, W) or raw float images (B, H, W[, C]) with a tokenizer in ``tokenizers``; boxes, ``det``, as
+    one list of box dicts per row, move with the image), decoded from the image and its views moved by each
+    ``(dx, dy)`` of ``shifts`` (pixels; ``()`` = the image alone, the same as :func:`open4m.generation.generate`).
+    ``temperature`` 0 is greedy; ``seed`` an int (row i: seed + i) or one per row. ``openings``: one text per row
+    that its sequence must begin with (forced, e.g. a caption's count sentence; ``""`` leaves a row free), the rest
+    decoded as usual. Returns the decoded rows (strings for
     captions). Shifted conditions must share one size."""
     if modalities.get(target).kind != "sequence":
         raise ValueError(f"describe: {target!r} is not a sequence modality (captions, boxes); image targets "

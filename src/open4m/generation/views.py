@@ -5,7 +5,10 @@ pixels, stacked along the batch axis so that one ``generate`` call decodes every
 :meth:`View.boxes_back`); :func:`open4m.generation.describe.describe` decodes one sequence from all views at
 once. Only image conditions can be mirrored or shifted: pixels ``(B, C, H, W)``, or raw float images
 ``(B, H, W[, C])`` that a tokenizer encodes; never captions or token ids. A shifted view moves the image by
-``(dx, dy)`` pixels (right and down when positive); the vacated rows and columns repeat the edge.
+``(dx, dy)`` pixels (right and down when positive); the vacated rows and columns repeat the edge. Boxes given as
+a condition (``det``: one list of ``{"box": [x0, y0, x1, y1], "class": ...}`` per row, normalised) move with the
+image (:meth:`View.boxes_forward`), so that a caption decoded from the image and its boxes sees both alike in
+every view.
 """
 
 from __future__ import annotations
@@ -49,10 +52,19 @@ class View:
         """Condition ``value`` of modality ``name`` (with a batch axis) as this view sees it."""
         if self.identity:
             return value
+        if is_boxes_condition(name):
+            return [self.boxes_forward(_box_row(row, name, caller)) for row in value]
         h_axis, w_axis = image_axes(name, value, tokenizers, "mirrored" if self.mirror else "shifted", caller)
         if self.mirror:
             return value.flip(w_axis) if isinstance(value, torch.Tensor) else np.flip(value, w_axis).copy()
         return _shifted(_shifted(value, self.dx, w_axis), self.dy, h_axis)
+
+    def boxes_forward(self, boxes: list[dict]) -> list[dict]:
+        """Boxes (normalised ``[x0, y0, x1, y1]``) of the original image where this view sees them (clipped to
+        the image); the inverse of :meth:`boxes_back` up to that clipping."""
+        if self.mirror or self.identity:
+            return self.boxes_back(boxes)  # a mirror is its own inverse
+        return View(dx=-self.dx, dy=-self.dy, width=self.width, height=self.height).boxes_back(boxes)
 
     def boxes_back(self, boxes: list[dict]) -> list[dict]:
         """Boxes (normalised ``[x0, y0, x1, y1]``) found in this view, in the original image's coordinates."""
@@ -97,11 +109,15 @@ def checked_shift(shift, caller: str = "views") -> tuple[int, int]:
 
 def image_size(conditions: Mapping[str, object], tokenizers: Mapping[str, object] | None,
                caller: str = "views") -> tuple[int, int]:
-    """The (height, width) every image condition shares (shifted views need one)."""
+    """The (height, width) every image condition shares (shifted views need one; boxes conditions have none)."""
     sizes = {}
     for name, value in conditions.items():
+        if is_boxes_condition(name):
+            continue
         h_axis, w_axis = image_axes(name, value, tokenizers, "shifted", caller)
         sizes[name] = (int(value.shape[h_axis]), int(value.shape[w_axis]))
+    if not sizes:
+        raise ValueError(f"{caller}(shifts=...) needs an image condition to shift, got only {sorted(conditions)}")
     if len(set(sizes.values())) > 1:
         raise ValueError(f"{caller}(shifts=...) needs image conditions of one size, got (height, width) {sizes}")
     return next(iter(sizes.values()))
@@ -122,10 +138,24 @@ def image_axes(name: str, value, tokenizers: Mapping[str, object] | None, what: 
                      f"(B, H, W[, C]) with a tokenizer; {name!r} ({mod.kind}) cannot be {what}")
 
 
+def is_boxes_condition(name: str) -> bool:
+    """Whether modality ``name`` holds boxes (``det``, ``det@64``, ...), which views move with the image."""
+    return name.split("@")[0] == "det"
+
+
+def _box_row(row, name: str, caller: str) -> list[dict]:
+    if isinstance(row, str) or not all(isinstance(b, Mapping) and "box" in b for b in row):
+        raise ValueError(f"{caller}: {name!r} can be shifted or mirrored only as boxes, one list of "
+                         f"{{'box': [x0, y0, x1, y1], 'class': ...}} per row; got a row {str(row)[:60]!r}")
+    return list(row)
+
+
 def concat(parts: list):
     """Batches of one condition, the rows of each part in turn."""
     if len(parts) == 1:
         return parts[0]
+    if isinstance(parts[0], list):
+        return [row for part in parts for row in part]
     return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
 
 
@@ -140,5 +170,5 @@ def _shifted(value, offset: int, axis: int):
     return np.take(value, index, axis=axis)
 
 
-__all__ = ["View", "checked_shift", "concat", "image_axes", "image_size", "neighbour_shifts", "shifted_views",
-           "stack_views"]
+__all__ = ["View", "checked_shift", "concat", "image_axes", "image_size", "is_boxes_condition", "neighbour_shifts",
+           "shifted_views", "stack_views"]
