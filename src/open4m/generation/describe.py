@@ -8,13 +8,13 @@ what the views agree on. Unlike the boxes of :func:`open4m.generation.boxes.dete
 mirrored: a mirror would reverse the left-to-right lists and left / right relations of a world caption.
 ``openings`` forces each sequence to begin with given text (``TargetSpec(forced=...)``) and lets the model write
 the rest: ``open4m eval --caption-count-from-boxes`` opens each world caption with the count of the model's own
-boxes this way (shipped v7, nine views: count 0.824 -> 0.892).
+boxes this way (shipped v8, nine views: count 0.827 -> 0.908; v7: 0.824 -> 0.892).
 
-On the shipped world model (v7, 1,000 val scenes, greedy, `open4m eval --tasks rgb->caption`), the image alone
-vs with its eight 3 px shifts: object count 0.833 -> 0.824 (within noise), colour 0.708 -> 0.730, shape 0.913 ->
-0.923, relations 0.194 -> 0.214, objects accounted for 0.548 -> 0.594 (v5: count 0.752 -> 0.756, colour 0.648 ->
-0.682, shape 0.896 -> 0.912; v4: count 0.723 -> 0.730, colour 0.619 -> 0.635, shape 0.879 -> 0.900); 33 s -> 219 s
-for the 1,000 captions on a 2-core CPU.
+On the shipped world model (v8, 1,000 val scenes, greedy, `open4m eval --tasks rgb->caption`), the image alone
+vs with its eight 3 px shifts: object count 0.827 -> 0.827, colour 0.733 -> 0.757, shape 0.914 -> 0.928,
+relations 0.212 -> 0.252, objects accounted for 0.589 -> 0.633 (v7: count 0.833 -> 0.824, colour 0.708 -> 0.730,
+shape 0.913 -> 0.923; v5: count 0.752 -> 0.756, colour 0.648 -> 0.682, shape 0.896 -> 0.912; v4: count 0.723 ->
+0.730, colour 0.619 -> 0.635, shape 0.879 -> 0.900); 33 s -> 219 s for the 1,000 captions on a 2-core CPU.
 """
 
 from __future__ import annotations
