@@ -29,6 +29,7 @@ from open4m import modalities
 from open4m.atomic import write_atomic
 from open4m.model.config import FourMConfig
 from open4m.model.fourm import FourM
+from open4m.model.int8 import dequantize_int8, int8_candidates, quantize_int8
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -197,7 +198,8 @@ def _download(repo_id: str) -> Path:
     return Path(path)
 
 
-SHARED_KEY, COMPUTED_KEY = "open4m_shared", "open4m_computed"
+SHARED_KEY, COMPUTED_KEY, INT8_KEY = "open4m_shared", "open4m_computed", "open4m_int8"
+INT8_SCALE_SUFFIX = ".open4m_int8_scale"
 
 
 def shared_aliases(model: torch.nn.Module) -> dict[str, str]:
@@ -223,14 +225,18 @@ def computed_buffers(model: FourM) -> list[str]:
 def expand_compact(state: dict[str, torch.Tensor], metadata: dict[str, str], model: FourM,
                    source: str, partial: bool = False) -> dict[str, torch.Tensor]:
     """Restore what a ``compact`` file leaves out: shared keys (``open4m_shared``) and computed buffers
-    (``open4m_computed``, taken from ``model``, freshly built from the same config). Other files unchanged.
+    (``open4m_computed``, taken from ``model``, freshly built from the same config), and turn its int8 weights
+    (``open4m_int8``) back into float32. Other files unchanged.
     ``partial``: ``model`` may have other modalities than the file (fine-tuning); computed buffers it lacks
     are skipped instead of being an error."""
     try:
         aliases = json.loads(metadata.get(SHARED_KEY, "{}"))
         computed = json.loads(metadata.get(COMPUTED_KEY, "[]"))
+        quantized = json.loads(metadata.get(INT8_KEY, "[]"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{source}: metadata {SHARED_KEY!r} / {COMPUTED_KEY!r} is not valid JSON: {err}") from None
+        raise ValueError(f"{source}: metadata {SHARED_KEY!r} / {COMPUTED_KEY!r} / {INT8_KEY!r} is not valid JSON: "
+                         f"{err}") from None
+    state = dequantize_state(state, quantized, source)
     missing = sorted({kept for kept in aliases.values() if kept not in state})
     if missing:
         raise ValueError(f"{source}: shared tensors {missing} listed in {SHARED_KEY!r} are not in the file")
@@ -240,6 +246,23 @@ def expand_compact(state: dict[str, torch.Tensor], metadata: dict[str, str], mod
         raise ValueError(f"{source}: computed buffers {unknown} listed in {COMPUTED_KEY!r} are not in the model")
     computed = [key for key in computed if key in own]
     return {**state, **{key: state[kept] for key, kept in aliases.items()}, **{key: own[key] for key in computed}}
+
+
+def dequantize_state(state: dict[str, torch.Tensor], quantized: list[str], source: str) -> dict[str, torch.Tensor]:
+    """``state`` with each key of ``quantized`` (int8, scales under ``key + INT8_SCALE_SUFFIX``) dequantized to
+    float32 and the scale entries removed; ValueError naming the key for a missing or mismatched one."""
+    if not quantized:
+        return state
+    if not isinstance(quantized, list) or not all(isinstance(k, str) for k in quantized):
+        raise ValueError(f"{source}: metadata {INT8_KEY!r} must be a JSON list of tensor names")
+    out = dict(state)
+    for key in quantized:
+        scale_key = key + INT8_SCALE_SUFFIX
+        absent = key if key not in state else scale_key if scale_key not in state else None
+        if absent is not None:
+            raise ValueError(f"{source}: {key!r} is listed in {INT8_KEY!r} but the file lacks {absent!r}")
+        out[key] = dequantize_int8(state[key], out.pop(scale_key), f"{source}: {key}")
+    return out
 
 
 def state_dict_for_saving(model: FourM, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -266,16 +289,22 @@ def official_config(model: FourM) -> dict:
 
 
 def save_pretrained(model: FourM, directory: str | os.PathLike, overwrite: bool = False,
-                    dtype: torch.dtype | None = None, compact: bool = False) -> Path:
+                    dtype: torch.dtype | None = None, compact: bool = False, int8: bool = False) -> Path:
     """Write ``model`` as ``directory/config.json`` + ``directory/model.safetensors``, each atomically.
 
     ``dtype`` casts floating-point weights (e.g. ``torch.float16`` to ship a model at half the size).
     ``compact`` stores each shared tensor (tied heads, shared modality embeddings) under one key only and
     leaves out the buffers the model computes itself (the fixed sin-cos position tables), listing both in the
     file's ``open4m_shared`` / ``open4m_computed`` metadata, which :func:`from_pretrained` restores; the
-    default stores every key, as the official release files do. Refuses to replace an existing model there
-    unless ``overwrite=True``.
+    default stores every key, as the official release files do. ``int8`` (with ``compact`` only) also stores
+    the large weight matrices as int8 with float16 scales per group of 64 columns (:mod:`open4m.model.int8`,
+    listed in ``open4m_int8``; about half a float16 file), which :func:`from_pretrained` dequantizes; like
+    ``compact``, an open4m extension the official loader cannot read. Refuses to replace an existing model
+    there unless ``overwrite=True``.
     """
+    if int8 and not compact:
+        raise ValueError("int8=True needs compact=True: int8 storage is an open4m extension of the compact format, "
+                         "not the official release format")
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"{directory} exists and is not a directory")
@@ -290,6 +319,11 @@ def save_pretrained(model: FourM, directory: str | os.PathLike, overwrite: bool 
         state = {k: v for k, v in state.items() if k not in aliases and k not in computed}
         metadata[SHARED_KEY] = json.dumps(aliases, sort_keys=True)
         metadata[COMPUTED_KEY] = json.dumps(computed)
+    if int8:
+        quantized = int8_candidates(state)
+        for key in quantized:
+            state[key], state[key + INT8_SCALE_SUFFIX] = quantize_int8(state[key])
+        metadata[INT8_KEY] = json.dumps(quantized)
     write_atomic(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
     write_atomic(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config)))
     return directory
