@@ -83,6 +83,28 @@ def test_partial_caption_is_continued(model, tok):
     assert tokens[: len(prefix)] == prefix and len(prefix) < len(tokens) <= len(prefix) + 5
 
 
+def test_partial_caption_with_sentinels_is_filled_in(model, tok):
+    """Each [S_k] of a Partial sequence is replaced by the span written after it; forced tokens make the
+    spans known whatever the (untrained) model predicts: [S_1] blue [S_2] green [S_3]."""
+    blue, green = tok.encode("blue"), tok.encode("green")
+    s2, s3 = tok.sentinel_id(2), tok.sentinel_id(3)
+    forced = [[*blue, s2, *green, s3]]
+    result = generate(model, {"caption": Partial("a [S_1] cube left of a [S_2] sphere")},
+                      [TargetSpec("caption", temperature=0.0, forced=forced)], text_tokenizer=tok, seed=0)
+    assert result.tokens["caption"][0] == tok.encode("a blue cube left of a green sphere")
+    assert result.decoded["caption"][0] == "a blue cube left of a green sphere"
+
+
+def test_partial_caption_spans_left_empty_and_bad_sentinels(model, tok):
+    s2 = tok.sentinel_id(2)  # the model writes [S_2] at once: span 1 is empty, and [S_2] ends the sequence
+    result = generate(model, {"caption": Partial("a [S_1] cube")},
+                      [TargetSpec("caption", temperature=0.0, forced=[[s2]])], text_tokenizer=tok, seed=0)
+    assert result.tokens["caption"][0] == tok.encode("a cube")
+    for text in ("a [S_2] cube", "a [S_1] cube [S_1]", "[S_2] a [S_1]"):
+        with pytest.raises(ValueError, match=r"'caption': the sentinels of a sequence to fill in must be \[S_1\]"):
+            generate(model, {"caption": Partial(text)}, ["caption"], text_tokenizer=tok)
+
+
 @pytest.mark.parametrize(
     "conditions,targets,message",
     [

@@ -10,8 +10,10 @@ Conditions, by modality kind (B = batch; a single prompt may omit the batch axis
 - embeddings: a float tensor (L, E) or (B, L, E).
 
 :class:`Partial` marks a modality that is given in part and generated for the rest (in-painting): image
-tokens with a ``known`` mask (True = given, kept exactly), or a sequence prefix that is continued. A
-partial modality must also be listed as a target.
+tokens with a ``known`` mask (True = given, kept exactly), or a sequence that is continued (a prefix) or
+filled in: a sequence holding the sentinels ``[S_1]`` .. ``[S_k]`` (in order, e.g. the text
+``"a [S_1] sphere left of a [S_2] cube"``) has each sentinel replaced by the span the model writes for it,
+as in training's span masking. A partial modality must also be listed as a target.
 
 Image tokenizers plug in through ``tokenizers``: any object with ``encode(raw) -> tokens (B, h, w)`` and
 ``decode(tokens (B, h, w)) -> raw``. Outputs come back as tokens and, where a tokenizer is given (the text
@@ -217,9 +219,7 @@ def _sequence_condition(mod, value, partial: bool, text_tokenizer) -> dict:
         if partial:
             if text_tokenizer is None:
                 raise ValueError(f"{name!r}: a Partial sequence needs a text tokenizer (sentinel ids)")
-            given = ids + [text_tokenizer.sentinel_id(1)]
-            s1, s2 = text_tokenizer.sentinel_id(1), text_tokenizer.sentinel_id(2)
-            target = [s1] + [0] * (mod.max_tokens - len(ids)) + [s2]
+            given, target = _partial_sequence(name, ids, mod.max_tokens, text_tokenizer)
         else:
             given, target = ids + [_eos(text_tokenizer)], []
         if len(given) > mod.max_tokens:
@@ -233,6 +233,25 @@ def _sequence_condition(mod, value, partial: bool, text_tokenizer) -> dict:
             tensor[i, len(given) : len(given) + len(target)] = torch.tensor(target)
             target_mask[i, len(given) : len(given) + len(target)] = False
     return _entry(tensor, input_mask, target_mask, kind="sequence")
+
+
+def _partial_sequence(name: str, ids: list[int], max_tokens: int, text_tokenizer) -> tuple[list[int], list[int]]:
+    """``(input ids, target layout)`` of a Partial sequence: a prefix to continue (``ids [S_1]`` in,
+    ``[S_1] [PAD]... [S_2]`` out), or, when ``ids`` hold ``[S_1]`` .. ``[S_k]``, spans to fill in
+    (``ids [EOS]`` in, ``[S_1] [PAD]... [S_{k+1}]`` out; each span ends where the model writes the next
+    sentinel)."""
+    found = [t for t in ids if text_tokenizer.is_sentinel(t)]
+    if not found:
+        s1, s2 = text_tokenizer.sentinel_id(1), text_tokenizer.sentinel_id(2)
+        return ids + [s1], [s1] + [0] * (max_tokens - len(ids)) + [s2]
+    expected = [text_tokenizer.sentinel_id(k) for k in range(1, len(found) + 1)]
+    if found != expected:
+        index = {v: k for k, v in text_tokenizer.sentinel_ids.items()}
+        shown = " ".join(f"[S_{index[t]}]" for t in found)
+        raise ValueError(f"{name!r}: the sentinels of a sequence to fill in must be [S_1] .. [S_{len(found)}], each "
+                         f"once and in order; got {shown}")
+    return ids + [_eos(text_tokenizer)], (
+        [expected[0]] + [0] * (max_tokens - len(ids)) + [text_tokenizer.sentinel_id(len(found) + 1)])
 
 
 def _is_id_list(value) -> bool:
