@@ -3,31 +3,17 @@
 import pytest
 import torch
 
-from open4m import modalities
-from open4m.batch import make_batch
-from open4m.model import FourM, from_pretrained, preset, save_pretrained
+from fourm_helpers import caption_depth_model, caption_to_depth_batch, depth_logits
+from open4m.model import from_pretrained, save_pretrained
 from open4m.model.grow import deepen, new_block_slots
-
-DOMAINS = ["tok_depth@64", "caption@64"]
 
 
 def _model(**overrides):
-    torch.manual_seed(0)
-    config = preset("tiny_gelu", domains_in=DOMAINS, domains_out=DOMAINS, dim=64, encoder_depth=2, decoder_depth=2,
-                    num_heads=2, tie_decoder_embeddings=True, **overrides)
-    model = FourM(config).eval()
+    model = caption_depth_model(64, **overrides)
     with torch.no_grad():  # trained-looking weights: no zero biases or unit norms left from the init
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return model
-
-
-def _batch():
-    g = torch.Generator().manual_seed(1)
-    depth = torch.randint(0, modalities.get("tok_depth@64").vocab_size, (2, 256), generator=g)
-    caption = torch.randint(5, 200, (2, 64), generator=g)
-    return make_batch({"tok_depth@64": depth, "caption@64": caption}, inputs={"caption@64": "all"},
-                      targets={"tok_depth@64": "all"})
 
 
 def test_slots_keep_the_trained_blocks_in_order_and_spread_the_new_ones():
@@ -44,9 +30,7 @@ def test_deepened_model_predicts_the_same_and_keeps_every_trained_tensor(overrid
     grown = deepen(model, encoder_depth=5, decoder_depth=4).eval()
     assert (grown.config.encoder_depth, grown.config.decoder_depth) == (5, 4)
     assert len(grown.encoder) == 5 and len(grown.decoder) == 4
-    with torch.no_grad():
-        before = model.forward_logits(_batch(), 64, 256)["tok_depth@64"]
-        after = grown.forward_logits(_batch(), 64, 256)["tok_depth@64"]
+    before, after = depth_logits(model), depth_logits(grown)
     assert torch.allclose(after, before, atol=1e-5)
     old, new = model.state_dict(), grown.state_dict()
     for key, value in old.items():
@@ -65,13 +49,11 @@ def test_deepened_model_predicts_the_same_and_keeps_every_trained_tensor(overrid
 def test_new_blocks_learn_and_the_grown_model_round_trips(tmp_path):
     model = _model()
     grown = deepen(model, encoder_depth=3, decoder_depth=3).train()
-    loss = grown(_batch(), 64, 256)[0]
+    loss = grown(caption_to_depth_batch(), 64, 256)[0]
     loss.backward()
     assert grown.encoder[1].attn.proj.weight.grad.abs().sum() > 0
     assert grown.decoder[1].cross_attn.proj.weight.grad.abs().sum() > 0
     save_pretrained(grown, tmp_path / "grown", compact=True)
     again = from_pretrained(tmp_path / "grown", tie_decoder_embeddings=True).eval()
     assert again.config.encoder_depth == 3
-    with torch.no_grad():
-        assert torch.allclose(again.forward_logits(_batch(), 64, 256)["tok_depth@64"],
-                              model.forward_logits(_batch(), 64, 256)["tok_depth@64"], atol=1e-5)
+    assert torch.allclose(depth_logits(again), depth_logits(model), atol=1e-5)

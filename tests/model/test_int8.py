@@ -7,9 +7,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from open4m import modalities
-from open4m.batch import make_batch
-from open4m.model import FourM, from_pretrained, preset, save_pretrained
+from fourm_helpers import caption_depth_model, depth_logits
+from open4m.model import from_pretrained, save_pretrained
 from open4m.model.checkpoint import INT8_KEY, INT8_SCALE_SUFFIX
 from open4m.model.int8 import dequantize_int8, int8_candidates, quantize_int8
 
@@ -45,25 +44,8 @@ def test_candidates_are_the_large_float_matrices():
         quantize_int8(torch.zeros(4096))
 
 
-def _model():
-    torch.manual_seed(0)
-    config = preset("tiny_gelu", domains_in=["tok_depth@64", "caption@64"], domains_out=["tok_depth@64", "caption@64"],
-                    dim=128, encoder_depth=2, decoder_depth=2, num_heads=2, tie_decoder_embeddings=True)
-    return FourM(config).eval()
-
-
-def _logits(model):
-    g = torch.Generator().manual_seed(1)
-    depth = torch.randint(0, modalities.get("tok_depth@64").vocab_size, (2, 256), generator=g)
-    caption = torch.randint(5, 200, (2, 64), generator=g)
-    batch = make_batch({"tok_depth@64": depth, "caption@64": caption}, inputs={"caption@64": "all"},
-                       targets={"tok_depth@64": "all"})
-    with torch.no_grad():
-        return model.forward_logits(batch, 64, 256)["tok_depth@64"]
-
-
 def test_int8_compact_file_is_smaller_and_predicts_like_the_float_model(tmp_path):
-    model = _model()
+    model = caption_depth_model(128)
     half = save_pretrained(model, tmp_path / "half", dtype=torch.float16, compact=True)
     int8 = save_pretrained(model, tmp_path / "int8", dtype=torch.float16, compact=True, int8=True)
     sizes = {d.name: (d / "model.safetensors").stat().st_size for d in (half, int8)}
@@ -79,7 +61,7 @@ def test_int8_compact_file_is_smaller_and_predicts_like_the_float_model(tmp_path
         original = model.state_dict()[key].reshape(state[key].shape[0], -1)
         err = (state[key].reshape_as(original) - original).abs().max()
         assert err <= original.abs().max() / 254 + 1e-3, key
-    reference, quantized = _logits(model), _logits(loaded)
+    reference, quantized = depth_logits(model), depth_logits(loaded)
     rel = (quantized - reference).norm() / reference.norm()
     assert rel < 0.02
     assert (quantized.argmax(-1) == reference.argmax(-1)).float().mean() > 0.9
@@ -87,12 +69,12 @@ def test_int8_compact_file_is_smaller_and_predicts_like_the_float_model(tmp_path
 
 def test_int8_needs_compact(tmp_path):
     with pytest.raises(ValueError, match="int8=True needs compact=True"):
-        save_pretrained(_model(), tmp_path / "m", int8=True)
+        save_pretrained(caption_depth_model(128), tmp_path / "m", int8=True)
     assert not (tmp_path / "m" / "model.safetensors").exists()
 
 
 def test_bad_int8_files_name_the_tensor(tmp_path):
-    directory = save_pretrained(_model(), tmp_path / "m", compact=True, int8=True)
+    directory = save_pretrained(caption_depth_model(128), tmp_path / "m", compact=True, int8=True)
     path = directory / "model.safetensors"
     with safe_open(str(path), framework="pt") as f:
         metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
