@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from open4m.data.world import WorldConfig, render_scene
-from open4m.evaluation.captions import Mention, SceneTruth, parse_caption, scene_truth, score_caption
+from open4m.evaluation.captions import Mention, SceneTruth, align_in_order, parse_caption, scene_truth, score_caption
 
 MARGIN = WorldConfig().relation_margin
 
@@ -60,10 +60,47 @@ def test_wrong_statements_are_counted_as_wrong():
     assert scores == {
         "count_acc": (0, 1),
         "color_acc": (2, 3),  # red cube (list), green sphere (wrong), red cube (relation)
+        "list_color_acc": (1, 2),  # the list's red cube, its green sphere (the sphere is blue)
         "shape_acc": (6, 6),
         "relation_acc": (1, 2),  # the cube is left of the sphere, but in front of it
         "object_recall": (1, 2),  # no green sphere
     }
+
+
+def three_objects() -> SceneTruth:
+    """Left to right in the image: a red cube, a blue sphere, a green cone (given in another order)."""
+    cone = {"shape": "cone", "color": "green", "size": "small", "material": "matte"}
+    cube = {"shape": "cube", "color": "red", "size": "large", "material": "shiny"}
+    sphere = {"shape": "sphere", "color": "blue", "size": "small", "material": "shiny"}
+    return SceneTruth([cone, cube, sphere], np.array([[2.0, 0.0, -6.0], [-1.0, 0.0, -5.0], [0.5, 0.0, -9.0]]))
+
+
+@pytest.mark.parametrize(("caption", "expected"), [
+    ("There is a red cube, a blue sphere and a green cone.", (3, 3)),
+    ("There is a red cube and a green cone.", (2, 2)),  # the sphere is skipped, the cone still found
+    ("There is a red cylinder, a blue sphere and a green cone.", (3, 3)),  # a wrong shape, the right colour
+    ("There is a blue cube, a red sphere and a green cone.", (1, 3)),  # colours of neighbours swapped
+    ("There is a small yellow matte cylinder, a red cube, a blue sphere and a green cone.", (3, 4)),  # one extra
+    ("There is a red cube, a blue sphere, a green cone and a red cone.", (3, 4)),  # the last has no object
+    ("There are two cubes and a green cone.", (1, 1)),  # a count item fills two places, the cone is third
+    ("There are three objects.", (0, 0)),
+])
+def test_list_colours_are_judged_on_the_object_each_item_describes(caption, expected):
+    scores = score_caption(parse_caption(caption), three_objects())
+    assert scores["list_color_acc"] == expected
+
+
+def test_alignment_keeps_order_and_follows_the_stated_attributes():
+    truth = three_objects()
+    objects = [truth.objects[k] for k in (1, 2, 0)]  # left to right
+    said = parse_caption("There is a small shiny sphere and a small matte cone.").items
+    assert align_in_order(said, objects) == {0: 1, 1: 2}
+    crossed = parse_caption("There is a cone and a cube.").items  # the order allows only one of them
+    assert len(align_in_order(crossed, objects)) == 1
+    assert align_in_order([], objects) == {} and align_in_order(said, []) == {}
+    # without agreeing words every mention still takes an object, in order
+    vague = [Mention("cylinder"), Mention("cylinder")]
+    assert align_in_order(vague, objects) == {0: 0, 1: 1}
 
 
 def test_shape_counts_must_be_exact_and_ambiguous_relations_fail():

@@ -143,7 +143,7 @@ def test_ceilings_are_near_the_tokenizers_quality(oracle_run):
     assert rows["rgb->normal/angle_deg"] < 4
     assert rows["rgb->semseg/miou"] > 0.9
     assert rows["rgb->det/map50"] > 0.95
-    for name in ("count_acc", "color_acc", "shape_acc", "relation_acc", "object_recall"):
+    for name in ("count_acc", "color_acc", "list_color_acc", "shape_acc", "relation_acc", "object_recall"):
         assert rows[f"rgb->caption/{name}"] == 1.0
     assert rows["caption->rgb/class_agreement"] == 1.0  # the oracle judge sees the true shapes
     assert rows["caption->rgb/count_acc"] == 1.0

@@ -19,6 +19,13 @@ judged on its own; the scores are counts (correct, stated) so a set pools them:
 - **count**: the stated count equals the number of visible objects (a caption stating none is wrong);
 - **colour**: each noun phrase (list item or relation side) that names a colour is correct when a visible
   object has that colour *and* that shape;
+- **list colour**: each list item that names a colour is correct when the visible object it describes has
+  that colour, whatever its shape. The world lists objects left to right, so the list (an ``"<n> <shape>s"``
+  item fills n places) is aligned in order with the visible objects sorted left to right, keeping the order
+  on both sides, skipping objects or items where that fits better: the alignment whose pairs agree on the most
+  stated size, material and shape words, then the one with the most pairs, then the earliest pairs (colour
+  plays no part in it); an item left without an object is wrong.
+  Unlike **colour**, a right colour on a wrong shape (``"a red cylinder"`` for the one red cube) counts;
 - **shape**: each ``"a ... <shape>"`` phrase or relation side is correct when a visible object has that
   shape; each ``"<n> <shape>(s)"`` item when exactly n visible objects have it;
 - **relation**: correct when each side names exactly one visible object (all its stated attributes match)
@@ -36,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from open4m.data.world.captions import NUMBER_WORDS
+from open4m.data.world.captions import NUMBER_WORDS, image_order
 from open4m.data.world.config import COLORS, MATERIALS, SHAPES, SIZES
 from open4m.data.world.scene import Scene
 
@@ -147,7 +154,7 @@ def scene_truth(sample: dict) -> SceneTruth:
     return SceneTruth(objects, np.asarray(centres).reshape(-1, 3))
 
 
-CAPTION_METRICS = ("count_acc", "color_acc", "shape_acc", "relation_acc", "object_recall")
+CAPTION_METRICS = ("count_acc", "color_acc", "list_color_acc", "shape_acc", "relation_acc", "object_recall")
 
 
 def score_caption(facts: CaptionFacts, truth: SceneTruth, margin: float = 0.0) -> dict[str, tuple[int, int]]:
@@ -167,8 +174,45 @@ def score_caption(facts: CaptionFacts, truth: SceneTruth, margin: float = 0.0) -
             if not free:
                 break
             taken[free[0]] = True
-    return {"count_acc": count, "color_acc": (sum(colour), len(colour)), "shape_acc": (sum(shapes), len(shapes)),
-            "relation_acc": (sum(relations), len(relations)), "object_recall": (int(taken.sum()), len(objects))}
+    return {"count_acc": count, "color_acc": (sum(colour), len(colour)), "list_color_acc": _list_colours(facts, truth),
+            "shape_acc": (sum(shapes), len(shapes)), "relation_acc": (sum(relations), len(relations)),
+            "object_recall": (int(taken.sum()), len(objects))}
+
+
+def _list_colours(facts: CaptionFacts, truth: SceneTruth) -> tuple[int, int]:
+    """``(right, stated)`` colours of the list's items, each judged on the visible object it is aligned with."""
+    places = [m for m in facts.items for _ in range(m.count)]
+    objects = [truth.objects[k] for k in image_order(truth.centres)]
+    aligned = align_in_order(places, objects)
+    stated = [i for i, m in enumerate(places) if m.color is not None]
+    return sum(i in aligned and objects[aligned[i]]["color"] == places[i].color for i in stated), len(stated)
+
+
+def align_in_order(mentions: list[Mention], objects: list[dict]) -> dict[int, int]:
+    """An order-keeping alignment of ``mentions`` with ``objects`` (both in list order) as ``{mention index:
+    object index}`` (neither side's order crossed, either side may skip): the most stated size / material / shape
+    words that agree with their object's, among such alignments the most pairs, and among those the earliest
+    pairs (the k-th mention with the k-th object where nothing says otherwise). Colours are not compared."""
+    n, m = len(mentions), len(objects)
+    per_pair = 1.0 / (min(n, m) + 1)  # all the pairs together weigh less than one agreeing word
+
+    def weight(i: int, j: int) -> float:
+        return sum(getattr(mentions[i], key) == objects[j][key] for key in ("size", "material", "shape")) + per_pair
+
+    best = np.zeros((n + 1, m + 1))  # best[i, j]: the best alignment of mentions[i:] with objects[j:]
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            best[i, j] = max(best[i + 1, j], best[i, j + 1], best[i + 1, j + 1] + weight(i, j))
+    pairs, i, j = {}, 0, 0
+    while i < n and j < m:  # on a tie, pair now rather than skip
+        if best[i, j] == best[i + 1, j + 1] + weight(i, j):
+            pairs[i] = j
+            i, j = i + 1, j + 1
+        elif best[i, j] == best[i, j + 1]:
+            j += 1
+        else:
+            i += 1
+    return pairs
 
 
 def _relation_holds(truth: SceneTruth, a: Mention, kind: str, b: Mention, margin: float) -> bool:

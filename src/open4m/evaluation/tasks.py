@@ -44,6 +44,8 @@ METRICS: list[Metric] = [
     Metric("rgb->det", "map50", True, "box mAP@0.5 over the 4 shapes (boxes ranked by score)"),
     Metric("rgb->caption", "count_acc", True, "the stated object count equals the visible count"),
     Metric("rgb->caption", "color_acc", True, "stated colours that a visible object of that shape has"),
+    Metric("rgb->caption", "list_color_acc", True,
+           "colours of the list's items that the object each describes has (list aligned left to right)"),
     Metric("rgb->caption", "shape_acc", True, "stated shapes (and shape counts) that are true"),
     Metric("rgb->caption", "relation_acc", True, "stated relations between unique visible objects that hold"),
     Metric("rgb->caption", "object_recall", True, "visible objects accounted for by the caption's list"),

@@ -113,7 +113,14 @@ def left_to_right(scene: Scene, visible: list[int]) -> list[int]:
     if not visible:
         return []
     centres = np.asarray(scene.camera.to_camera([scene.objects[i].position for i in visible])).reshape(-1, 3)
-    return [visible[k] for k in np.argsort(centres[:, 0] / -centres[:, 2], kind="stable")]
+    return [visible[k] for k in image_order(centres)]
+
+
+def image_order(centres: np.ndarray) -> np.ndarray:
+    """Indices sorting objects with camera-frame centres ``centres`` (K, 3) left to right as the image shows them
+    (by x / depth; ties keep the given order): the order of a world caption's list."""
+    centres = np.asarray(centres, dtype=float).reshape(-1, 3)
+    return np.argsort(centres[:, 0] / -centres[:, 2], kind="stable")
 
 
 def _list_sentence(rng: np.random.Generator, objects: list[SceneObject]) -> str:
