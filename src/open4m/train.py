@@ -66,7 +66,9 @@ def masking_config(c: TrainConfig) -> MaskingConfig:
 
 def build_model(c: TrainConfig, log=print) -> FourM:
     """The model of the config (tied decoder embeddings, as the official trainer); ``pretrained`` weights
-    load where names and shapes match, the rest stays initialised and is reported by name."""
+    load where names and shapes match, the rest stays initialised and is reported by name. With
+    ``grow_pretrained`` the pretrained model (a release folder) first grows to the config's encoder / decoder
+    depth by :func:`open4m.model.grow.deepen`, so the model starts out predicting exactly what it did."""
     config = preset(c.model, c.domains_in, c.domains_out, tie_decoder_embeddings=True,
                     use_act_checkpoint=c.act_checkpoint, **c.model_overrides)
     model = FourM(config)
@@ -77,8 +79,11 @@ def build_model(c: TrainConfig, log=print) -> FourM:
         weights = path / "model.safetensors" if path.is_dir() else path
         if not weights.is_file():
             raise FileNotFoundError(f"pretrained: {weights} does not exist")
-        state, metadata = read_safetensors(weights)
-        state = expand_compact(state, metadata, model, str(weights), partial=True)
+        if c.grow_pretrained:
+            state = _grown_state(path, model, log)
+        else:
+            state, metadata = read_safetensors(weights)
+            state = expand_compact(state, metadata, model, str(weights), partial=True)
         own = model.state_dict()
         loaded = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
         model.load_state_dict(loaded, strict=False)
@@ -87,6 +92,26 @@ def build_model(c: TrainConfig, log=print) -> FourM:
         log(f"pretrained {path}: loaded {len(loaded)} tensors; initialised {len(fresh)}: {fresh}; "
             f"unused from the file {len(unused)}: {unused}")
     return model
+
+
+def _grown_state(path: Path, model: FourM, log) -> dict[str, torch.Tensor]:
+    """The state of the release folder ``path``'s model grown to ``model``'s encoder / decoder depth."""
+    from open4m.model import from_pretrained
+    from open4m.model.grow import deepen
+
+    if not path.is_dir():
+        raise ValueError(f"grow_pretrained: pretrained must be a model folder (config.json + model.safetensors), "
+                         f"got the file {path}")
+    source = from_pretrained(path, tie_decoder_embeddings=True)
+    want = model.config
+    have = source.config
+    if want.encoder_depth < have.encoder_depth or want.decoder_depth < have.decoder_depth:
+        raise ValueError(f"grow_pretrained: {path} has {have.encoder_depth} + {have.decoder_depth} encoder + decoder "
+                         f"blocks, more than the config's {want.encoder_depth} + {want.decoder_depth}; a model can "
+                         "only grow deeper")
+    log(f"pretrained {path}: grown from {have.encoder_depth} + {have.decoder_depth} to {want.encoder_depth} + "
+        f"{want.decoder_depth} encoder + decoder blocks")
+    return deepen(source, want.encoder_depth, want.decoder_depth).state_dict()
 
 
 def _datasets(entries: list[dict], what: str) -> list[DatasetSpec]:

@@ -31,6 +31,7 @@ class TrainConfig:
     domains_out: list[str] = field(default_factory=list)
     modalities: dict = field(default_factory=dict)
     pretrained: str | None = None
+    grow_pretrained: bool = False  # a shallower pretrained model grows to the config's depth (model.grow.deepen)
     # data and masking
     train_data: list[dict] = field(default_factory=list)
     val_data: list[dict] = field(default_factory=list)

@@ -102,6 +102,42 @@ def test_finetuning_from_a_compact_release_file_loads_every_tensor(tmp_path, cap
             assert torch.equal(got, value), key
 
 
+def test_grow_pretrained_starts_from_the_trained_model_grown_deeper(tmp_path, capsys):
+    """``grow_pretrained``: a 2 + 2 block checkpoint fine-tuned as 4 + 3 blocks keeps its trained blocks (in order,
+    a new identity block after each) and every other tensor, and the first training loss equals the trained
+    model's loss on the same batch; without it, the blocks would load by name (0, 1) beside random ones."""
+    first = train(tiny_config(tmp_path / "a", "steps=3"))["checkpoint"]
+    trained = from_pretrained(first, tie_decoder_embeddings=True)
+    capsys.readouterr()
+    deeper = ["model_overrides.encoder_depth=4", "model_overrides.decoder_depth=3", f"pretrained={first}",
+              "grow_pretrained=true"]
+    grown = build_model(tiny_config(tmp_path / "b", *deeper))
+    out = capsys.readouterr().out
+    assert "grown from 2 + 2 to 4 + 3 encoder + decoder blocks" in out
+    assert "initialised 0: []" in out and "unused from the file 0: []" in out
+    old, new = trained.state_dict(), grown.state_dict()
+    position = {"encoder": [0, 2], "decoder": [0, 2]}  # 2 -> 4: [0, new, 1, new]; 2 -> 3: [0, new, 1]
+    for key, value in old.items():
+        stack, _, rest = key.partition(".")
+        if stack in position:
+            index, _, name = rest.partition(".")
+            key = f"{stack}.{position[stack][int(index)]}.{name}"
+        assert torch.equal(new[key], value), key
+    for key in ("encoder.1.attn.proj.weight", "encoder.3.mlp.fc2.bias", "decoder.1.cross_attn.proj.weight"):
+        assert not new[key].any(), key
+    # the same first batch: the grown model's first loss is the trained model's loss
+    same = ["steps=1", "warmup_steps=1", "lr=1e-12", "seed=5"]
+    grown_loss = train(tiny_config(tmp_path / "b", *deeper, *same))["losses"][0]
+    plain_loss = train(tiny_config(tmp_path / "c", f"pretrained={first}", *same))["losses"][0]
+    assert grown_loss == pytest.approx(plain_loss, rel=1e-5)
+    with pytest.raises(ValueError, match="has 2 \\+ 2 encoder \\+ decoder blocks, more than the config's 1 \\+ 2"):
+        build_model(tiny_config(tmp_path / "d", "model_overrides.encoder_depth=1", f"pretrained={first}",
+                                "grow_pretrained=true"))
+    with pytest.raises(ValueError, match="must be a model folder"):
+        build_model(tiny_config(tmp_path / "e", *deeper[:2], f"pretrained={first / 'model.safetensors'}",
+                                "grow_pretrained=true"))
+
+
 def test_step_in_backward_gives_the_same_training_as_adamw(tmp_path):
     plain = train(tiny_config(tmp_path / "a", "steps=4", "clip_grad=0"))["losses"]
     sib = train(tiny_config(tmp_path / "b", "steps=4", "clip_grad=0", "step_in_backward=true"))["losses"]
