@@ -219,6 +219,8 @@ def validate(c: TrainConfig, source: str = "config") -> None:
     if c.step_in_backward and (c.clip_grad > 0 or c.accum_steps > 1 or c.distributed == "fsdp"):
         raise bad("step_in_backward", "needs clip_grad 0, accum_steps 1 and no FSDP (the step runs inside "
                   "backward, before all gradients exist)")
+    if c.grow_pretrained and not c.pretrained:
+        raise bad("grow_pretrained", "needs pretrained (the release folder of the model to grow)")
     if not c.domains_in or not c.domains_out:
         raise bad("domains_in" if not c.domains_in else "domains_out", "must list at least one modality")
     if not c.masking:

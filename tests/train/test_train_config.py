@@ -36,6 +36,7 @@ def test_every_config_in_the_repository_loads_with_its_mixture(path):
     ("train_data=[{shards: []}]", r"train_data\[0\].shards must be a non-empty"),
     ("train_data=[{shard: x}]", r"train_data\[0\] has unknown keys \['shard'\]"),
     ("lr", r"override 'lr' must look like key=value"),
+    ("grow_pretrained=true", r"key 'grow_pretrained' needs pretrained"),
 ])
 def test_bad_keys_and_values_are_named(override, message):
     with pytest.raises(ValueError, match=message):
