@@ -258,6 +258,42 @@ def test_caption_count_from_boxes_opens_each_caption_with_the_box_count(samples,
                        tasks=["rgb->caption"], caption_count_from_boxes=True)
 
 
+def test_caption_shapes_from_boxes_keeps_the_shapes_to_the_voted_boxes(samples, tokenizers, monkeypatch):
+    from open4m.generation.caption_shapes import ShapesFromBoxes, boxes_left_to_right
+
+    monkeypatch.setattr(run_module, "generate", Oracle(samples, tokenizers))  # greedy boxes = the true boxes
+    fused_calls = []
+
+    def fused(model, conditions, target, **kwargs):  # every fused decode calls each true box a cone
+        fused_calls.append(kwargs["shifts"])
+        rows = samples[: len(conditions["rgb@64"])]
+        return [[{"box": d["box"], "class": "cone", "score": 0.9} for d in s["det"]] for s in rows]
+
+    monkeypatch.setattr(run_module, "detect", fused)
+    seen = []
+
+    def recording(model, conditions, target, *, banned=None, **kwargs):
+        seen.append(banned)
+        return [s["caption"] for s in samples[: len(conditions["rgb@64"])]]
+
+    monkeypatch.setattr(run_module, "describe", recording)
+    results = evaluate_model(tiny_model(), tokenizers, samples, num_scenes=2, tasks=["rgb->caption"],
+                             caption_shifts=(), caption_shapes_from_boxes=True)
+    rule, = seen
+    assert isinstance(rule, ShapesFromBoxes) and results["settings"]["caption_shapes_from_boxes"] is True
+    assert rule.ordered == [["cone"] * len(s["det"]) for s in samples[:2]]  # the vote named them
+    assert len(fused_calls) == 1  # decoded for the captions, as the rgb->det task would
+    seen.clear()
+    monkeypatch.setattr(run_module, "detect", lambda model, conditions, target, **kwargs: [
+        [{"score": 0.8, **d} for d in s["det"]] for s in samples[: len(conditions["rgb@64"])]])
+    evaluate_model(tiny_model(), tokenizers, samples, num_scenes=2, tasks=["rgb->det", "rgb->caption"],
+                   caption_shifts=(), caption_shapes_from_boxes=True)
+    assert seen[0].ordered == [boxes_left_to_right(s["det"]) for s in samples[:2]]  # the det task's boxes voted
+    with pytest.raises(ValueError, match="caption_shapes_from_boxes: the model has no det@64 target"):
+        evaluate_model(tiny_model(DOMAINS_IN, ["caption@64"]), tokenizers, samples, num_scenes=1,
+                       tasks=["rgb->caption"], caption_shapes_from_boxes=True)
+
+
 def test_caption_given_boxes_decodes_each_caption_from_the_image_and_its_boxes(samples, tokenizers, monkeypatch):
     from open4m.data.world.captions import count_sentence
 
@@ -371,7 +407,8 @@ def test_cli_rgb_generation_flags_reach_the_results(tmp_path, val_dir, capsys):
     code, out = run_cli(["--model", model_dir, "--data", val_dir, "--num-scenes", 1, "--out", tmp_path / "eval",
                          "--steps", 1, "--tasks", "depth->rgb", "--rgb-steps", 2, "--rgb-guidance", 2.5,
                          "--rgb-temperature", 0.5, "--no-det-flip", "--det-shift", 3, "--caption-shift", 0,
-                         "--semseg-pixel-weight", 0.3, "--caption-count-from-boxes", "--caption-given-boxes"],
+                         "--semseg-pixel-weight", 0.3, "--caption-count-from-boxes", "--caption-given-boxes",
+                         "--caption-shapes-from-boxes"],
                         capsys)
     assert code == 0, out
     settings = load_results(tmp_path / "eval")["settings"]
@@ -380,4 +417,4 @@ def test_cli_rgb_generation_flags_reach_the_results(tmp_path, val_dir, capsys):
     assert settings["det_flip"] is False and settings["semseg_pixel_weight"] == 0.3
     assert settings["det_shifts"] == [[-3, -3], [0, -3], [3, -3], [-3, 0], [3, 0], [-3, 3], [0, 3], [3, 3]]
     assert settings["caption_shifts"] == [] and settings["caption_count_from_boxes"] is True
-    assert settings["caption_given_boxes"] is True
+    assert settings["caption_given_boxes"] is True and settings["caption_shapes_from_boxes"] is True

@@ -247,6 +247,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                               caption_shifts=neighbour_shifts(args.caption_shift),
                               caption_count_from_boxes=args.caption_count_from_boxes,
                               caption_given_boxes=args.caption_given_boxes,
+                              caption_shapes_from_boxes=args.caption_shapes_from_boxes,
                               semseg_pixel_weight=args.semseg_pixel_weight,
                               seed=args.seed, progress=args.progress,
                               tasks=args.tasks.split(",") if args.tasks else None)
@@ -307,6 +308,11 @@ def _add_eval_parser(sub) -> None:
                    help="RGB->caption: decode each caption from the image and the boxes of the model's own greedy "
                    "RGB->boxes decode, given as a det condition (a chain through its boxes; needs a model that "
                    "takes det as input)")
+    p.add_argument("--caption-shapes-from-boxes", action="store_true",
+                   help="RGB->caption: keep every shape word of each caption to the model's own boxes (one greedy "
+                   "RGB->boxes decode, each box's class voted by the fused RGB->boxes decodes): the k-th listed "
+                   "object has the shape of the k-th box from the left, a relation names a listed object; the "
+                   "model writes the rest (a chain through its boxes)")
     p.add_argument("--semseg-pixel-weight", type=float, default=PIXEL_WEIGHT,
                    help="RGB->semseg miou_refined: the predicted map's vote for its own label against the box scores "
                    f"when object pixels are relabelled by the model's boxes (default {PIXEL_WEIGHT:g})")

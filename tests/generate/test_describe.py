@@ -161,9 +161,43 @@ def test_forced_openings_are_written_first_and_the_model_continues(world, world_
     with pytest.raises(ValueError, match="forced has 2 rows, the batch has 3"):
         generate(model, {"rgb@64": pixels}, [TargetSpec(CAPTION, forced=[[5], [6]])], tokenizers=tokenizers.image,
                  text_tokenizer=tokenizers.text)
-    with pytest.raises(ValueError, match="forced .* is for autoregressive targets only, not 'maskgit'"):
+    with pytest.raises(ValueError, match="forced .* are for autoregressive targets only, not 'maskgit'"):
         generate(model, {"rgb@64": pixels}, [TargetSpec("tok_depth@64", forced=[[1], [], []])],
                  tokenizers=tokenizers.image, text_tokenizer=tokenizers.text)
     with pytest.raises(ValueError, match=r"forced token ids must lie in \[0, "):
         generate(model, {"rgb@64": pixels}, [TargetSpec(CAPTION, forced=[[-1], [], []])],
                  tokenizers=tokenizers.image, text_tokenizer=tokenizers.text)
+
+
+def test_banned_ids_are_never_written_and_keep_caption_shapes_to_the_boxes(world, world_rgb):
+    from open4m.data.world.config import SHAPES
+    from open4m.evaluation.captions import parse_caption
+    from open4m.generation.caption_shapes import ShapesFromBoxes
+
+    model, tokenizers = world
+    pixels = to_model_pixels(world_rgb)
+    kwargs = {"text_tokenizer": tokenizers.text, "tokenizers": tokenizers.image}
+    free = describe(model, {"rgb@64": pixels}, CAPTION, shifts=(), **kwargs)
+    said = sorted({m.shape for m in parse_caption(free[0]).mentions})
+    assert said  # the image's caption names shapes; ban them all for prompt 0 (every view), nothing for the rest
+    ids = [tokenizers.text.encode(shape)[0] for shape in said]
+    asked = []
+
+    def ban(i, written):
+        asked.append(i)
+        return ids if i == 0 else []
+
+    for shifts in ((), [(3, 0)]):
+        banned = describe(model, {"rgb@64": pixels}, CAPTION, shifts=shifts, banned=ban, **kwargs)
+        assert not {m.shape for m in parse_caption(banned[0]).mentions} & set(said)
+        assert banned[1:] == describe(model, {"rgb@64": pixels}, CAPTION, shifts=shifts, **kwargs)[1:]
+    assert set(asked) == {0, 1, 2}  # asked per prompt, not per view: the views share its answer
+    # a rule built from boxes: three cones left to right, so every object the caption lists is a cone
+    cones = [[{"box": [x, 0.4, x + 0.1, 0.5], "class": "cone"} for x in (0.1, 0.4, 0.7)]] * 3
+    ruled = describe(model, {"rgb@64": pixels}, CAPTION, shifts=(), banned=ShapesFromBoxes(
+        tokenizers.text, cones, SHAPES), openings=["There are three objects."] * 3, **kwargs)
+    items = [m for caption in ruled for m in parse_caption(caption).items]
+    assert items and {m.shape for m in items} == {"cone"}
+    with pytest.raises(ValueError, match="banned .* are for autoregressive targets only, not 'maskgit'"):
+        generate(model, {"rgb@64": pixels}, [TargetSpec("tok_depth@64", banned=ban)], tokenizers=tokenizers.image,
+                 text_tokenizer=tokenizers.text)

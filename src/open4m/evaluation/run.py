@@ -29,6 +29,7 @@ from open4m.evaluation import tasks as task_table
 from open4m.evaluation.captions import parse_caption, scene_truth, score_caption
 from open4m.evaluation.tasks import CAPTION, DEPTH, DET, SEMSEG, TARGETS, TOK_RGB, plan_tasks
 from open4m.generation.boxes import DET_TEMPERATURE, SHIFTS, detect
+from open4m.generation.caption_shapes import ShapesFromBoxes, classes_by_vote
 from open4m.generation.describe import CAPTION_SHIFTS, describe
 from open4m.generation.prompt import generate
 from open4m.generation.runner import RGB_GUIDANCE
@@ -78,7 +79,7 @@ class _Evaluator:
                  min_class_pixels: int, rgb_temperature: float, rgb_steps: int, rgb_guidance: float,
                  det_samples: int, det_temperature: float, det_flip: bool, det_shifts: tuple,
                  caption_shifts: tuple, caption_count_from_boxes: bool, caption_given_boxes: bool,
-                 semseg_pixel_weight: float) -> None:
+                 caption_shapes_from_boxes: bool, semseg_pixel_weight: float) -> None:
         self.model, self.tok, self.plan = model, tokenizers, plan
         self.batch_size, self.steps, self.temperature, self.seed = batch_size, steps, temperature, seed
         self.rgb_temperature, self.rgb_steps, self.rgb_guidance = rgb_temperature, rgb_steps, rgb_guidance
@@ -88,6 +89,7 @@ class _Evaluator:
         self.caption_shifts_asked = caption_shifts
         self.caption_count_from_boxes = caption_count_from_boxes
         self.caption_given_boxes = caption_given_boxes
+        self.caption_shapes_from_boxes = caption_shapes_from_boxes
         self.semseg_pixel_weight = semseg_pixel_weight
         self.batch_outputs: dict[str, object] = {}
         self.pool = _Pool()
@@ -206,16 +208,25 @@ class _Evaluator:
         return bool(self.plan.rgb_input and modalities.get(self.plan.rgb_input).kind == "pixels")
 
     def _caption(self, samples, truth, rgb_in, seeds) -> None:
-        chained = self.caption_count_from_boxes or self.caption_given_boxes
+        chained = self.caption_count_from_boxes or self.caption_given_boxes or self.caption_shapes_from_boxes
         boxes = self.generate(rgb_in, DET, seeds) if chained else None  # one greedy RGB->det decode per scene
         openings = None
         if self.caption_count_from_boxes:  # the count sentence states how many boxes that decode writes
             openings = [count_sentence(min(len(row), len(NUMBER_WORDS) - 1)) for row in boxes]
+        banned = None
+        if self.caption_shapes_from_boxes:  # the shape words keep to that decode's boxes, left to right, each
+            # named by the vote of the RGB->boxes task's fused decodes (run here when that task is not asked for)
+            fused = (self.batch_outputs["rgb->det"][0] if "rgb->det" in self.batch_outputs else
+                     detect(self.model, rgb_in, DET, text_tokenizer=self.tok.text, tokenizers=self.tok.image,
+                            samples=self.det_samples, temperature=self.det_temperature, flip=self.flip,
+                            shifts=self.shifts, seed=seeds))
+            voted = [classes_by_vote(row, others) for row, others in zip(boxes, fused, strict=True)]
+            banned = ShapesFromBoxes(self.tok.text, voted, SHAPES)
         conditions = {**rgb_in, DET: boxes} if self.caption_given_boxes else rgb_in
         if self.caption_shifts or chained:
             captions = describe(self.model, conditions, CAPTION, text_tokenizer=self.tok.text,
                                 tokenizers=self.tok.image, shifts=self.caption_shifts, temperature=self.temperature,
-                                seed=seeds, openings=openings)
+                                seed=seeds, openings=openings, banned=banned)
         else:
             captions = self.generate(rgb_in, CAPTION, seeds)
         for s, caption in zip(samples, captions, strict=True):
@@ -342,6 +353,7 @@ def evaluate_model(
     caption_shifts: Sequence[tuple[int, int]] = CAPTION_SHIFTS,
     caption_count_from_boxes: bool = False,
     caption_given_boxes: bool = False,
+    caption_shapes_from_boxes: bool = False,
     semseg_pixel_weight: float = PIXEL_WEIGHT,
     seed: int = 0,
     tasks: list[str] | None = None,
@@ -388,6 +400,12 @@ def evaluate_model(
             decoded from the image *and* the boxes of one greedy RGB->det decode (given as ``det@64``, moved with
             each shifted view; needs a model with det as target and input). With ``caption_count_from_boxes`` both
             use the same decode.
+        caption_shapes_from_boxes: RGB->caption chains through the model's own boxes for its shapes: every shape
+            word of the caption is kept to the box the list has reached, left to right
+            (:class:`open4m.generation.caption_shapes.ShapesFromBoxes`): the boxes of one greedy RGB->det decode
+            (shared with the options above), each named by the vote of the fused RGB->boxes decodes
+            (:func:`open4m.generation.caption_shapes.classes_by_vote`; those of the rgb->det task when it runs,
+            else decoded with its settings); needs a model with the det target.
         semseg_pixel_weight: the refined RGB->semseg row (``miou_refined``) relabels the object pixels of the
             predicted map by the fused boxes with this weight for the map's own label
             (:func:`open4m.generation.segmentation.refine_with_boxes`; its ceiling: the semseg ceiling refined
@@ -415,6 +433,8 @@ def evaluate_model(
     plan = plan_tasks(model, tokenizers, tasks)
     if caption_count_from_boxes and "rgb->caption" in plan.tasks and DET not in model.decoder_embeddings:
         raise ValueError(f"caption_count_from_boxes: the model has no {DET} target to count the boxes with")
+    if caption_shapes_from_boxes and "rgb->caption" in plan.tasks and DET not in model.decoder_embeddings:
+        raise ValueError(f"caption_shapes_from_boxes: the model has no {DET} target to take the shapes from")
     if caption_given_boxes and "rgb->caption" in plan.tasks and not (
             DET in model.decoder_embeddings and DET in model.encoder_embeddings):
         raise ValueError(f"caption_given_boxes: the model needs {DET} as both target and input to give a caption "
@@ -427,6 +447,7 @@ def evaluate_model(
                            caption_shifts=tuple(map(tuple, caption_shifts)),  # and describe() these
                            caption_count_from_boxes=caption_count_from_boxes,
                            caption_given_boxes=caption_given_boxes,
+                           caption_shapes_from_boxes=caption_shapes_from_boxes,
                            semseg_pixel_weight=semseg_pixel_weight)
     settings = {"batch_size": batch_size, "steps": steps, "temperature": temperature,
                 "rgb_temperature": rgb_temperature, "rgb_steps": rgb_steps, "rgb_guidance": rgb_guidance,
@@ -434,6 +455,7 @@ def evaluate_model(
                 "det_shifts": [[int(c) for c in shift] for shift in evaluator.shifts],
                 "caption_shifts": [[int(c) for c in shift] for shift in evaluator.caption_shifts],
                 "caption_count_from_boxes": caption_count_from_boxes, "caption_given_boxes": caption_given_boxes,
+                "caption_shapes_from_boxes": caption_shapes_from_boxes,
                 "semseg_pixel_weight": semseg_pixel_weight, "seed": seed, "min_class_pixels": min_class_pixels}
     was_training = model.training
     model.eval()

@@ -19,7 +19,7 @@ shape 0.913 -> 0.923; v5: count 0.752 -> 0.756, colour 0.648 -> 0.682, shape 0.8
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from open4m import modalities
 from open4m.generation.prompt import generate
@@ -43,6 +43,7 @@ def describe(
     temperature: float = 0.0,
     seed: int | Sequence[int] = 0,
     openings: Sequence[str] | None = None,
+    banned: Callable[[int, list[int]], Sequence[int]] | None = None,
 ) -> list:
     """Sequence ``target`` (e.g. ``"caption@64"``) of every row of ``conditions`` (each with a batch axis: image
     pixels (B, C, H, W) or raw float images (B, H, W[, C]) with a tokenizer in ``tokenizers``; boxes, ``det``, as
@@ -50,8 +51,9 @@ def describe(
     ``(dx, dy)`` of ``shifts`` (pixels; ``()`` = the image alone, the same as :func:`open4m.generation.generate`).
     ``temperature`` 0 is greedy; ``seed`` an int (row i: seed + i) or one per row. ``openings``: one text per row
     that its sequence must begin with (forced, e.g. a caption's count sentence; ``""`` leaves a row free), the rest
-    decoded as usual. Returns the decoded rows (strings for
-    captions). Shifted conditions must share one size."""
+    decoded as usual. ``banned(i, ids)``: the token ids row ``i`` may not write after ``ids``
+    (``TargetSpec(banned=...)``, e.g. :class:`open4m.generation.caption_shapes.ShapesFromBoxes`). Returns the
+    decoded rows (strings for captions). Shifted conditions must share one size."""
     if modalities.get(target).kind != "sequence":
         raise ValueError(f"describe: {target!r} is not a sequence modality (captions, boxes); image targets "
                          "are decoded with generate()")
@@ -66,7 +68,8 @@ def describe(
         if len(openings) != len(seeds):
             raise ValueError(f"describe: {len(openings)} openings for {len(seeds)} rows")
         forced = [text_tokenizer.encode(text) if text else [] for text in openings] * len(views)
-    result = generate(model, stacked, [TargetSpec(target, temperature=temperature, views=len(views), forced=forced)],
+    result = generate(model, stacked, [TargetSpec(target, temperature=temperature, views=len(views), forced=forced,
+                                                   banned=banned)],
                       tokenizers=tokenizers, text_tokenizer=text_tokenizer, seed=seeds * len(views))
     return list(result.decoded[target][: len(seeds)])
 

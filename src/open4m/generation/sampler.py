@@ -74,6 +74,11 @@ class TargetSpec:
         forced: autoregressive targets only: per row of the batch (every view's row, with ``views``), token ids
             the decoder writes first, whatever it predicts, before it continues on its own (a forced opening of
             the sequence, e.g. a caption's first sentence); an empty list leaves a row free. None = no row forced.
+        banned: autoregressive targets only: a callable ``banned(i, ids)`` asked before each step for prompt ``i``
+            (row ``i``, or with ``views`` the rows ``v * B + i`` of all its views) with the ids it has written
+            so far (after the start token); it returns the token ids that may not come next (an empty sequence
+            bans none). Banned ids are never drawn; forced ids are written regardless. Used to keep a caption's
+            shapes consistent with the model's own boxes (:mod:`open4m.generation.caption_shapes`).
     """
 
     name: str
@@ -88,6 +93,7 @@ class TargetSpec:
     vocab_size: int | None = None
     views: int = 1
     forced: Sequence[Sequence[int]] | None = None
+    banned: Callable[[int, list[int]], Sequence[int]] | None = None
 
     def resolved_scheme(self) -> str:
         if self.scheme is not None:
@@ -153,9 +159,9 @@ class Sampler:
                 if spec.views != 1:
                     raise ValueError(f"target {name!r}: views (an ensemble over views of the prompt) is for "
                                      f"autoregressive targets only, got views={spec.views!r} with {scheme!r}")
-                if spec.forced is not None:
-                    raise ValueError(f"target {name!r}: forced (tokens written first) is for autoregressive "
-                                     f"targets only, not {scheme!r}")
+                if spec.forced is not None or spec.banned is not None:
+                    raise ValueError(f"target {name!r}: forced (tokens written first) and banned (tokens never "
+                                     f"written) are for autoregressive targets only, not {scheme!r}")
                 schedules.temperature_schedule(spec.temperature_schedule, spec.temperature, [1])
                 for n in remaining.unique().tolist():
                     if n > 0:
@@ -359,7 +365,8 @@ class Sampler:
         done = torch.zeros(b, dtype=torch.bool, device=start.device)
         decoder = model.incremental_decoder(context, enc, limit) if self.use_cache else None
         # cached, unguided temperature-0 steps of one view: the decoder's argmax of one branch's logits
-        greedy = decoder is not None and abs(spec.temperature) < ZERO_TEMPERATURE and not weights and spec.views == 1
+        greedy = (decoder is not None and abs(spec.temperature) < ZERO_TEMPERATURE and not weights and spec.views == 1
+                  and spec.banned is None)
         forced = _forced_rows(spec, b)
         for t in range(limit):
             if decoder is not None:
@@ -373,6 +380,8 @@ class Sampler:
                 logits = model.logits(self._decode_prefix(out, emb, pos_emb, context, enc, rows // b), name)
             if not greedy:
                 logits = self._combine(logits[:, None], weights, b)
+                if spec.banned is not None:
+                    logits = _ban(logits, spec, out[:, 1:])
                 if spec.views > 1:
                     new, prob = self._ensemble_sample(logits, spec, generators, top_k, top_p)
                 else:
@@ -449,6 +458,18 @@ def _forced_rows(spec: TargetSpec, rows: int) -> list[list[int]] | None:
     if any(i < 0 or i >= vocab for row in forced for i in row):
         raise ValueError(f"target {spec.name!r}: forced token ids must lie in [0, {vocab})")
     return forced if any(forced) else None
+
+
+def _ban(logits: torch.Tensor, spec: TargetSpec, written: torch.Tensor) -> torch.Tensor:
+    """Logits (B, 1, vocab) with the ids ``spec.banned`` names for each prompt set to -inf in every view's row;
+    ``written`` (B, t) holds the ids each row has written so far."""
+    prompts = logits.shape[0] // spec.views
+    logits = logits.clone()
+    for i in range(prompts):
+        ids = [int(j) for j in spec.banned(i, written[i].tolist())]
+        if ids:
+            logits[i::prompts, 0, ids] = float("-inf")
+    return logits
 
 
 def _force(new: torch.Tensor, prob: torch.Tensor, forced: list[list[int]], t: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,107 @@
+"""ShapesFromBoxes: the shape words a world caption may write next, from the model's boxes."""
+
+import pytest
+
+from open4m.data.world.config import SHAPES
+from open4m.generation.caption_shapes import ShapesFromBoxes, boxes_left_to_right, classes_by_vote, groups_left_to_right
+from open4m.shipped import world_tokenizers_dir
+from open4m.text import TextTokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return TextTokenizer.load(world_tokenizers_dir() / "text")
+
+
+def _box(x0: float, shape: str) -> dict:
+    return {"box": [x0, 10.0, x0 + 8.0, 20.0], "class": shape, "score": 1.0}
+
+
+# boxes given out of order: left to right they are sphere, cylinder, sphere, cube
+BOXES = [_box(40, "cube"), _box(0, "sphere"), _box(20, "cylinder"), _box(30, "sphere")]
+
+
+def _allowed(rule, tok, text, prompt=0):
+    banned = {tok.id_to_token(i) for i in rule(prompt, tok.encode(text))}
+    return set(SHAPES) - banned
+
+
+def test_boxes_are_ordered_left_to_right_by_their_centres():
+    assert boxes_left_to_right(BOXES) == ["sphere", "cylinder", "sphere", "cube"]
+    assert groups_left_to_right(boxes_left_to_right(BOXES)) == ["sphere", "cylinder", "cube"]
+    assert boxes_left_to_right([]) == []
+
+
+def test_the_fused_decodes_vote_each_boxs_class():
+    greedy = [_box(0, "cube"), _box(20, "cone")]
+    fused = [{"box": [0.0, 10.0, 8.0, 19.0], "class": "cylinder", "score": 0.6},
+             {"box": [0.0, 10.0, 8.0, 20.0], "class": "cube", "score": 0.3},
+             {"box": [0.5, 10.0, 8.0, 20.0], "class": "cube", "score": 0.2},
+             {"box": [50.0, 10.0, 58.0, 20.0], "class": "sphere", "score": 1.0}]
+    voted = classes_by_vote(greedy, fused)
+    assert [b["class"] for b in voted] == ["cylinder", "cone"]  # 0.6 against 0.5; the cone has no overlap
+    assert voted[0]["box"] == greedy[0]["box"] and greedy[0]["class"] == "cube"  # placed as given, not changed
+    assert [b["class"] for b in classes_by_vote(greedy, fused[1:])] == ["cube", "cone"]
+
+
+def test_a_full_list_takes_each_objects_shape_from_the_box_it_has_reached(tok):
+    rule = ShapesFromBoxes(tok, [BOXES], SHAPES)
+    opening = "There are four objects. We can see "
+    assert _allowed(rule, tok, opening + "a large red shiny") == {"sphere"}
+    assert _allowed(rule, tok, opening + "a large red shiny cube, a small") == {"cylinder"}
+    assert _allowed(rule, tok, opening + "a large red shiny cube, a small blue matte cone and an") == {"sphere"}
+    four = opening + "a red cube, a blue cone, a gray sphere and a"
+    assert _allowed(rule, tok, four) == {"cube"}
+    assert _allowed(rule, tok, four + " green cube and a") == set(SHAPES)  # more objects listed than boxes
+
+
+def test_a_by_shape_list_takes_its_groups_in_the_order_of_their_leftmost_box(tok):
+    rule = ShapesFromBoxes(tok, [BOXES], SHAPES)
+    assert _allowed(rule, tok, "We can see two") == {"sphere"}
+    assert _allowed(rule, tok, "We can see two spheres, one") == {"cylinder"}
+    assert _allowed(rule, tok, "On the floor are two spheres, one cylinder and one") == {"cube"}
+    assert _allowed(rule, tok, "We can see two spheres, one cylinder, one cube and one") == set(SHAPES)
+
+
+def test_a_relation_names_the_shape_of_a_listed_object_with_its_attributes(tok):
+    rule = ShapesFromBoxes(tok, [BOXES], SHAPES)
+    listed = ("We can see a large red shiny sphere, a small blue matte cylinder, a small red matte sphere and a gray "
+              "cube. ")
+    assert _allowed(rule, tok, listed + "The blue") == {"cylinder"}
+    assert _allowed(rule, tok, listed + "The small red") == {"sphere"}
+    assert _allowed(rule, tok, listed + "The gray cube is to the left of the small") == {"cylinder", "sphere"}
+    # an attribute no listed object has: any shape the boxes show
+    assert _allowed(rule, tok, listed + "The green") == {"sphere", "cylinder", "cube"}
+    assert _allowed(rule, tok, "We can see two spheres. The red") == {"sphere", "cylinder", "cube"}
+
+
+def test_prompts_without_boxes_and_other_positions_are_left_free(tok):
+    rule = ShapesFromBoxes(tok, [BOXES, []], SHAPES)
+    assert rule(1, tok.encode("We can see a large red shiny")) == []
+    assert rule(0, tok.encode("We can see a large red shiny cube")) == []  # after the shape: nothing to keep
+    assert rule(0, tok.encode("The scene shows four objects. There")) == []
+
+
+def test_bad_rules_are_named(tok):
+    with pytest.raises(ValueError, match=r"box classes \['torus'\] are not among the shapes"):
+        ShapesFromBoxes(tok, [[_box(0, "torus")]], SHAPES)
+    with pytest.raises(ValueError, match="shape 'cubes' is 2 tokens of the text tokenizer, expected one"):
+        ShapesFromBoxes(tok, [BOXES], ["cubes"])
+
+
+def test_a_relation_phrase_keeps_to_attributes_of_listed_objects(tok):
+    rule = ShapesFromBoxes(tok, [BOXES], SHAPES)
+    listed = "We can see a large red shiny sphere, a small blue matte cylinder and a small red matte sphere. "
+    assert rule.banned_attributes(0, rule._words(tok.encode(listed + "The"))) == [
+        "gray", "green", "brown", "purple", "cyan", "yellow"]  # red and blue objects, both sizes and materials
+    # "the small ...": a small blue matte or small red matte object; "large" is stated no more (a size is given)
+    assert set(rule.banned_attributes(0, rule._words(tok.encode(listed + "The small")))) == {
+        "gray", "green", "brown", "purple", "cyan", "yellow", "shiny"}
+    banned = {tok.id_to_token(i) for i in rule(0, tok.encode(listed + "The red"))}
+    assert banned == {"cylinder", "cube", "cone"}  # the red objects are spheres of either size and material
+    banned = {tok.id_to_token(i) for i in rule(0, tok.encode(listed + "The blue"))}
+    assert banned == {"sphere", "cube", "cone", "large", "shiny"}
+    # outside relation phrases, after a by-shape list, or once the phrase fits nothing listed: nothing banned
+    assert rule.banned_attributes(0, rule._words(tok.encode("We can see a"))) == []
+    assert rule.banned_attributes(0, rule._words(tok.encode("We can see two spheres. The"))) == []
+    assert rule.banned_attributes(0, rule._words(tok.encode(listed + "The green"))) == []
