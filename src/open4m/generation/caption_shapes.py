@@ -1,7 +1,7 @@
 """World captions whose shapes agree with the model's own boxes (a chained RGB -> boxes -> caption decode).
 
 A world caption lists the visible objects left to right (:mod:`open4m.data.world.captions`): in full (``"a
-large red shiny cube, a small blue rubber sphere and ..."``) or by shape (``"two spheres and one cube"``, the
+large red shiny cube, a small blue matte sphere and ..."``) or by shape (``"two spheres and one cube"``, the
 shapes in the order of their leftmost object), and its relations name objects by their attributes (``"The red
 cube is left of the blue sphere."``). The model's boxes know shapes better than its captions (shipped v8, 1,000
 val scenes: boxes mAP@0.5 0.92; of the caption colour words that name no visible object of that colour and
@@ -12,10 +12,11 @@ shape word but the one the boxes put there:
 - the k-th object of a full list has the shape of the k-th box from the left (by box centre);
 - the g-th group of a by-shape list has the g-th shape of the boxes taken left to right;
 - a relation's object has the shape of a listed object with the attributes the relation states before it
-  (``"the red ..."``: an object the list calls red), else any shape among the boxes.
+  (``"the red ..."``: an object the list calls red; else one with its colour; else any shape among the boxes),
+  and the attribute words of a relation's noun phrase keep to those of some object the list names in full.
 
 Where the boxes run out (more objects listed than boxes found) or a prompt has no boxes, the model writes what
-it likes. Everything else (count, colours, sizes, materials, relations) is the model's own.
+it likes. Everything else (count, the list's colours, sizes and materials, which relations) is the model's own.
 """
 
 from __future__ import annotations
