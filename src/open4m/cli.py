@@ -161,7 +161,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     result, path = generate_to_png(args.model, args.conditions, args.to.split(","), args.out,
                                    text_tokenizer_path=args.text_tokenizer, seed=args.seed, overwrite=args.force,
                                    tokenizers_path=args.tokenizers, allow_unknown_words=args.allow_unknown_words,
-                                   **settings)
+                                   plain_caption=args.plain_caption, **settings)
     for name, value in result.decoded.items():
         if isinstance(value, list) and value and isinstance(value[0], str):
             print(f"{name}: {value[0]}")
@@ -181,6 +181,11 @@ def _add_generate_parser(sub) -> None:
     p.add_argument("--out", help="PNG file to write (default: a new generated.png / generated-N.png here)")
     p.add_argument("--tokenizers", help="tokenizer set folder (default: MODEL/tokenizers, else the shipped world set)")
     p.add_argument("--text-tokenizer", help="text tokenizer json (default: one in the model folder, else the set's)")
+    p.add_argument("--plain-caption", action="store_true",
+                   help="from one RGB image, keep the caption of the plain chained decode instead of decoding it "
+                   "through the model's own boxes (their count opens it, their shapes name its objects left to "
+                   "right; the default for world models with boxes, as open4m eval --caption-count-from-boxes "
+                   "--caption-shapes-from-boxes scores it)")
     p.add_argument("--allow-unknown-words", action="store_true",
                    help="accept caption words a closed-vocabulary (world) text tokenizer does not hold")
     p.add_argument("--scheme", choices=["maskgit", "roar"], help="image decoding scheme (default maskgit)")

@@ -35,6 +35,32 @@ def test_caption_to_depth_with_the_shipped_model_gives_a_world_depth_map(tmp_pat
     assert (floor > 0.5).all() and (floor < 30).all()
 
 
+def test_a_caption_from_one_image_is_decoded_through_the_models_boxes(scene_png, tmp_path):
+    from open4m.evaluation.captions import parse_caption
+    from open4m.evaluation.run import load_model_and_tokenizers
+    from open4m.generation.caption_shapes import caption_through_boxes
+
+    result, path = generate_to_png(None, [f"rgb={scene_png}"], ["caption", "det"], tmp_path / "g.png")
+    plain, _ = generate_to_png(None, [f"rgb={scene_png}"], ["caption", "det"], tmp_path / "p.png", plain_caption=True)
+    model, tokenizers = load_model_and_tokenizers(world_model_dir())
+    _, pixels = parse_condition(f"rgb={scene_png}", WORLD_INPUTS)
+    chained, boxes = caption_through_boxes(model, {"rgb@64": pixels[None]}, "caption@64", "det@64",
+                                           text_tokenizer=tokenizers.text, tokenizers=tokenizers.image)
+    caption = result.decoded["caption@64"][0]
+    assert caption == chained[0] and path.is_file()
+    assert result.tokens["caption@64"][0] == tokenizers.text.encode(caption)
+    assert plain.decoded["caption@64"][0] != caption  # the plain chained decode (caption first, boxes after)
+    facts = parse_caption(caption)
+    assert facts.count == len(boxes[0]) > 0  # the count sentence counts the boxes
+    assert {m.shape for m in facts.mentions} <= {b["class"] for b in boxes[0]}
+    assert all(p is None for p in result.scores["caption@64"][0])  # re-encoded, not drawn by that decode
+    # another condition beside the image, or a sampled caption: the plain decode
+    for conditions, settings in (([f"rgb={scene_png}", "det=v0=100 v1=100 v2=300 v3=300 cube"], {}),
+                                 ([f"rgb={scene_png}"], {"temperature": 1.0, "seed": 3})):
+        other, _ = generate_to_png(None, conditions, ["caption"], tmp_path / "o.png", overwrite=True, **settings)
+        assert all(p is not None for p in other.scores["caption@64"][0][1:3])  # drawn by the sampler
+
+
 def test_rgb_to_semseg_with_the_shipped_model_finds_the_floor_and_the_sky(scene_png, tmp_path):
     result, _ = generate_to_png(world_model_dir(), [f"rgb={scene_png}"], ["semseg"], tmp_path / "g.png",
                                 steps=1, temperature=0.0)

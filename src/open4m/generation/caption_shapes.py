@@ -23,11 +23,46 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
-from open4m.data.world.captions import NUMBER_WORDS
-from open4m.data.world.config import COLORS, MATERIALS, SIZES
-from open4m.generation.boxes import FUSE_IOU, box_iou
+from open4m.data.world.captions import NUMBER_WORDS, count_sentence
+from open4m.data.world.config import COLORS, MATERIALS, SHAPES, SIZES
+from open4m.generation.boxes import FUSE_IOU, SHIFTS, box_iou, detect
+from open4m.generation.describe import CAPTION_SHIFTS, describe
+from open4m.generation.prompt import generate
+from open4m.generation.sampler import TargetSpec
 
 ATTRIBUTE_WORDS = {**{w: "color" for w in COLORS}, **{w: "size" for w in SIZES}, **{w: "material" for w in MATERIALS}}
+
+
+def caption_through_boxes(
+    model,
+    conditions: Mapping[str, object],
+    caption: str,
+    det: str,
+    *,
+    text_tokenizer,
+    tokenizers: Mapping[str, object] | None = None,
+    seed: int = 0,
+    shifts: Sequence[tuple[int, int]] = CAPTION_SHIFTS,
+    box_shifts: Sequence[tuple[int, int]] = SHIFTS,
+    shapes: Sequence[str] = SHAPES,
+) -> tuple[list[str], list[list[dict]]]:
+    """World captions ``caption`` of every row of ``conditions`` (an image with a batch axis, as
+    :func:`open4m.generation.describe.describe` takes it) chained through the model's own boxes ``det``, as
+    ``open4m eval --caption-count-from-boxes --caption-shapes-from-boxes`` decodes them: one greedy box decode
+    per row, its classes voted by the fused decodes of the image, its mirror and its ``box_shifts`` views
+    (:func:`classes_by_vote`); the caption, decoded from the image and its ``shifts`` views, opens with the count
+    of those boxes and keeps its shape words to them (:class:`ShapesFromBoxes`). Returns the captions and the
+    voted boxes. Row i decodes with seed ``seed + i``."""
+    rows = len(next(iter(conditions.values())))
+    seeds = [seed + i for i in range(rows)]
+    settings = {"tokenizers": tokenizers, "text_tokenizer": text_tokenizer}
+    greedy = generate(model, conditions, [TargetSpec(det, temperature=0.0)], seed=seeds, **settings).decoded[det]
+    fused = detect(model, conditions, det, samples=0, flip=True, shifts=box_shifts, seed=seeds, **settings)
+    voted = [classes_by_vote(row, others) for row, others in zip(greedy, fused, strict=True)]
+    openings = [count_sentence(min(len(row), len(NUMBER_WORDS) - 1)) for row in voted]
+    captions = describe(model, conditions, caption, shifts=shifts, seed=seeds, openings=openings,
+                        banned=ShapesFromBoxes(text_tokenizer, voted, shapes), **settings)
+    return captions, voted
 
 
 def boxes_left_to_right(boxes: Sequence[Mapping]) -> list[str]:
@@ -208,4 +243,4 @@ def _list_items(sentence: list[str], shapes: Collection[str]) -> list[tuple[str,
     return items
 
 
-__all__ = ["ShapesFromBoxes", "boxes_left_to_right", "classes_by_vote", "groups_left_to_right"]
+__all__ = ["ShapesFromBoxes", "boxes_left_to_right", "caption_through_boxes", "classes_by_vote", "groups_left_to_right"]
