@@ -105,3 +105,20 @@ def test_a_relation_phrase_keeps_to_attributes_of_listed_objects(tok):
     assert rule.banned_attributes(0, rule._words(tok.encode("We can see a"))) == []
     assert rule.banned_attributes(0, rule._words(tok.encode("We can see two spheres. The"))) == []
     assert rule.banned_attributes(0, rule._words(tok.encode(listed + "The green"))) == []
+
+
+def test_the_second_object_of_a_relation_lies_on_the_side_the_relation_says(tok):
+    rule = ShapesFromBoxes(tok, [BOXES], SHAPES)
+    listed = ("We can see a large red shiny sphere, a small blue matte cylinder, a small red matte sphere and a gray "
+              "cube. ")  # left to right
+
+    def named(text):
+        return _allowed(rule, tok, listed + text)
+
+    assert named("The blue cylinder is to the left of the") == {"sphere", "cube"}  # the objects to its right
+    assert named("The blue cylinder is right of the") == {"sphere"}  # the large red shiny sphere
+    assert named("The gray cube is left of the") == {"sphere", "cylinder"}  # none to its right: any other
+    assert named("The blue cylinder is behind the") == {"sphere", "cube"}  # any object but itself
+    assert named("The red sphere is left of the") == {"sphere", "cylinder", "cube"}  # two red spheres: not one object
+    assert rule.banned_attributes(0, rule._words(tok.encode(listed + "The blue cylinder is right of the"))) == [
+        "gray", "blue", "green", "brown", "purple", "cyan", "yellow", "small", "matte"]

@@ -13,7 +13,9 @@ shape word but the one the boxes put there:
 - the g-th group of a by-shape list has the g-th shape of the boxes taken left to right;
 - a relation's object has the shape of a listed object with the attributes the relation states before it
   (``"the red ..."``: an object the list calls red; else one with its colour; else any shape among the boxes),
-  and the attribute words of a relation's noun phrase keep to those of some object the list names in full.
+  and the attribute words of a relation's noun phrase keep to those of some object the list names in full;
+- the second object of a relation whose first names one listed object lies on the side the relation says
+  ("left of": later in the list, "right of": earlier; in front of / behind: any other) and is never the first.
 
 Where the boxes run out (more objects listed than boxes found) or a prompt has no boxes, the model writes what
 it likes. Everything else (count, the list's colours, sizes and materials, which relations) is the model's own.
@@ -141,8 +143,9 @@ class ShapesFromBoxes:
         listed = [item for s in done if not _is_relation(s) for item in _list_items(s, self.shape_ids)]
         if _is_relation(sentence):
             stated = _stated(sentence)
+            named = _relation_objects(listed, sentence)
             for kinds in (stated, {k: v for k, v in stated.items() if k == "color"}):  # all it states, its colour
-                fitting = {shape for shape, attrs in listed if attrs and _fits(attrs, kinds)}
+                fitting = {shape for shape, attrs in named if _fits(attrs, kinds)}
                 if fitting:
                     return fitting
             return set(shapes)
@@ -165,9 +168,9 @@ class ShapesFromBoxes:
         done, sentence = _split(words)
         if not _is_relation(sentence) or not (sentence[-1] == "the" or sentence[-1] in ATTRIBUTE_WORDS):
             return []
-        listed = [attrs for s in done if not _is_relation(s) for _, attrs in _list_items(s, self.shape_ids) if attrs]
+        listed = [item for s in done if not _is_relation(s) for item in _list_items(s, self.shape_ids)]
         stated = _stated(sentence)
-        fitting = [attrs for attrs in listed if _fits(attrs, stated)]
+        fitting = [attrs for _, attrs in _relation_objects(listed, sentence) if _fits(attrs, stated)]
         if not fitting:
             return []
         return [w for w, kind in ATTRIBUTE_WORDS.items() if w in self.attribute_ids and kind not in stated
@@ -199,6 +202,32 @@ def _split(words: list[str]) -> tuple[list[list[str]], list[str]]:
 def _is_relation(sentence: list[str]) -> bool:
     """A relation sentence opens with "the" and an object ("The scene shows ..." is a count sentence)."""
     return bool(sentence) and sentence[0] == "the" and (len(sentence) < 2 or sentence[1] != "scene")
+
+
+def _relation_objects(listed: list[tuple[str, dict[str, str] | None]], sentence: list[str]) -> list[tuple[str, dict]]:
+    """The objects of the caption's full list (``(shape, attributes)``, left to right) that the noun phrase a
+    relation sentence is writing may name: any of them for the first phrase; for the second (after ``"is"``),
+    when the first names exactly one listed object, the others on the side the relation says ("left of": those
+    to its right in the list, "right of": to its left; in front of / behind: any other), else any other."""
+    full = [(shape, attrs) for shape, attrs in listed if attrs]
+    if "is" not in sentence:
+        return full
+    cut = sentence.index("is")
+    first = [w for w in sentence[1:cut] if w in ATTRIBUTE_WORDS]
+    shape = sentence[cut - 1] if cut > 1 else None
+    stated = {ATTRIBUTE_WORDS[w]: w for w in first}
+    ones = [k for k, (s, attrs) in enumerate(full) if s == shape and _fits(attrs, stated)]
+    if len(ones) != 1:
+        return full
+    k = ones[0]
+    words = sentence[cut + 1:]
+    if "left" in words:
+        side = [j for j in range(len(full)) if j > k]
+    elif "right" in words:
+        side = [j for j in range(len(full)) if j < k]
+    else:
+        side = [j for j in range(len(full)) if j != k]
+    return [full[j] for j in side] or [full[j] for j in range(len(full)) if j != k] or full
 
 
 def _stated(sentence: list[str]) -> dict[str, str]:
