@@ -189,7 +189,8 @@ def resolve_targets(model, names: Sequence[str], given: Sequence[str], guidance:
 def _caption_through_boxes(model, parsed: dict, specs: Sequence[TargetSpec], result: GenerationResult, tokenizers,
                            tok, seed: int) -> None:
     """Replace ``result``'s caption by the one decoded through the model's boxes where the prompt is one RGB
-    image (pixels), the caption is predicted greedily and unguided, and the model writes boxes of the world."""
+    image (pixels), the caption is predicted greedily and unguided, and the model writes boxes of the world.
+    ``result.state``, and any target decoded after the caption, keep the plain chained decode's caption."""
     from open4m.data.world.config import SHAPES
     from open4m.generation.caption_shapes import caption_through_boxes
 
