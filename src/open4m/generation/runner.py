@@ -19,6 +19,7 @@ from open4m import modalities
 from open4m.data.world.config import SEMSEG_CLASSES
 from open4m.generation.prompt import GenerationResult, generate
 from open4m.generation.sampler import TargetSpec
+from open4m.generation.sampling import ZERO_TEMPERATURE
 from open4m.pixels import to_model_pixels
 
 TEXT_TOKENIZER_FILES = ("text_tokenizer.json", "tokenizer.json")
@@ -196,7 +197,7 @@ def _caption_through_boxes(model, parsed: dict, specs: Sequence[TargetSpec], res
 
     images = [n for n in parsed if modalities.get(n).kind == "pixels" and n.split("@")[0] == "rgb"]
     dets = [n for n in model.decoder_embeddings if n.split("@")[0] == "det"]
-    captions = [s for s in specs if s.name.split("@")[0] == "caption" and abs(s.temperature) < 1e-6
+    captions = [s for s in specs if s.name.split("@")[0] == "caption" and abs(s.temperature) < ZERO_TEMPERATURE
                 and s.guidance == 1.0]
     if len(parsed) != 1 or not images or not dets or not captions or tok is None:
         return
