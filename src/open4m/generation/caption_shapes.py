@@ -140,7 +140,7 @@ class ShapesFromBoxes:
         if not shapes:
             return None
         done, sentence = _split(words)
-        listed = [item for s in done if not _is_relation(s) for item in _list_items(s, self.shape_ids)]
+        listed = _listed(done, self.shape_ids)
         if _is_relation(sentence):
             stated = _stated(sentence)
             named = _relation_objects(listed, sentence)
@@ -168,7 +168,7 @@ class ShapesFromBoxes:
         done, sentence = _split(words)
         if not _is_relation(sentence) or not (sentence[-1] == "the" or sentence[-1] in ATTRIBUTE_WORDS):
             return []
-        listed = [item for s in done if not _is_relation(s) for item in _list_items(s, self.shape_ids)]
+        listed = _listed(done, self.shape_ids)
         stated = _stated(sentence)
         fitting = [attrs for _, attrs in _relation_objects(listed, sentence) if _fits(attrs, stated)]
         if not fitting:
@@ -197,6 +197,11 @@ def _split(words: list[str]) -> tuple[list[list[str]], list[str]]:
         else:
             current.append(word)
     return sentences, current
+
+
+def _listed(sentences: list[list[str]], shapes: Collection[str]) -> list[tuple[str, dict[str, str] | None]]:
+    """The list items of the finished ``sentences`` that are not relations, in order (see :func:`_list_items`)."""
+    return [item for s in sentences if not _is_relation(s) for item in _list_items(s, shapes)]
 
 
 def _is_relation(sentence: list[str]) -> bool:
