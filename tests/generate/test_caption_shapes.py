@@ -122,3 +122,58 @@ def test_the_second_object_of_a_relation_lies_on_the_side_the_relation_says(tok)
     assert named("The red sphere is left of the") == {"sphere", "cylinder", "cube"}  # two red spheres: not one object
     assert rule.banned_attributes(0, rule._words(tok.encode(listed + "The blue cylinder is right of the"))) == [
         "gray", "blue", "green", "brown", "purple", "cyan", "yellow", "small", "matte"]
+
+
+
+def test_a_list_opening_with_the_image_contains_is_a_list_not_a_relation(tok):
+    rule = ShapesFromBoxes(tok, [BOXES], SHAPES)
+    opening = "There are four objects. The image contains "
+    assert _allowed(rule, tok, opening + "a large red shiny") == {"sphere"}
+    assert _allowed(rule, tok, opening + "a large red shiny sphere, a small") == {"cylinder"}
+    listed = opening + "a large red shiny sphere, a small blue matte cylinder, a red sphere and a gray cube. "
+    assert _allowed(rule, tok, listed + "The gray cube is behind the blue") == {"cylinder"}  # a listed object
+
+
+def test_a_relation_already_stated_is_not_stated_again(tok):
+    rule = ShapesFromBoxes(tok, [BOXES], SHAPES)
+    listed = ("We can see a large red shiny sphere, a small blue matte cylinder, a small red matte sphere and a gray "
+              "cube. ")
+    said = "The blue cylinder is to the left of the gray cube. "
+    assert _allowed(rule, tok, listed + said + "The blue cylinder is left of the") == {"sphere"}
+    words = rule._words(tok.encode(listed + said + "The blue cylinder is left of the"))
+    assert "gray" in rule.banned_attributes(0, words) and "small" not in rule.banned_attributes(0, words)
+    assert _allowed(rule, tok, listed + said + "The blue cylinder is behind the") == {"sphere", "cube"}  # another kind
+    both = said + "The blue cylinder is left of the small red sphere. "
+    assert _allowed(rule, tok, listed + both + "The blue cylinder is left of the") == {"sphere", "cube"}  # all said
+
+def test_the_chain_replaces_a_greedy_caption_of_image_prompts_only():
+    import numpy as np
+
+    from open4m.data.world import render_scene
+    from open4m.evaluation.captions import parse_caption
+    from open4m.evaluation.run import load_model_and_tokenizers
+    from open4m.generation import TargetSpec, generate
+    from open4m.generation.caption_shapes import chain_caption_through_boxes
+    from open4m.pixels import to_model_pixels
+    from open4m.shipped import world_model_dir
+
+    model, tokenizers = load_model_and_tokenizers(world_model_dir())
+    images = {"rgb@64": to_model_pixels(np.stack([render_scene(10**9 + i)["rgb"] for i in (3, 4)]))}
+    settings = {"tokenizers": tokenizers.image, "text_tokenizer": tokenizers.text, "seed": 0}
+
+    def chained(conditions, specs, text_tokenizer=tokenizers.text):
+        result = generate(model, conditions, specs, **settings)
+        plain = list(result.decoded.get("caption@64", []))
+        done = chain_caption_through_boxes(model, conditions, specs, result, image_tokenizers=tokenizers.image,
+                                           text_tokenizer=text_tokenizer)
+        return done, plain, result
+
+    done, plain, result = chained(images, [TargetSpec("caption@64", temperature=0.0)])
+    assert done and len(result.decoded["caption@64"]) == 2
+    for caption, ids in zip(result.decoded["caption@64"], result.tokens["caption@64"], strict=True):
+        assert parse_caption(caption).count is not None and ids == tokenizers.text.encode(caption)
+    assert result.decoded["caption@64"] != plain
+    sampled = [TargetSpec("caption@64", temperature=1.0)]
+    captions = {"caption@64": ["a red cube", "two spheres"]}
+    for conditions, specs in ((images, sampled), (captions, [TargetSpec("det@64", temperature=0.0)])):
+        assert not chained(conditions, specs)[0]

@@ -15,7 +15,12 @@ shape word but the one the boxes put there:
   (``"the red ..."``: an object the list calls red; else one with its colour; else any shape among the boxes),
   and the attribute words of a relation's noun phrase keep to those of some object the list names in full;
 - the second object of a relation whose first names one listed object lies on the side the relation says
-  ("left of": later in the list, "right of": earlier; in front of / behind: any other) and is never the first.
+  ("left of": later in the list, "right of": earlier; in front of / behind: any other), is never the first, and
+  is not one an earlier relation of the caption already relates to the first in the same way (a relation is
+  stated once, as the world's captions do) while another is left.
+
+A sentence opening with "the" and a noun phrase is a relation; "The scene shows ..." and "The image contains ..."
+are the world's count and list sentences.
 
 Where the boxes run out (more objects listed than boxes found) or a prompt has no boxes, the model writes what
 it likes. Everything else (count, the list's colours, sizes and materials, which relations) is the model's own.
@@ -25,12 +30,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
+from open4m import modalities
 from open4m.data.world.captions import NUMBER_WORDS, count_sentence
 from open4m.data.world.config import COLORS, MATERIALS, SHAPES, SIZES
 from open4m.generation.boxes import FUSE_IOU, SHIFTS, box_iou, detect
 from open4m.generation.describe import CAPTION_SHIFTS, describe
 from open4m.generation.prompt import generate
 from open4m.generation.sampler import TargetSpec
+from open4m.generation.sampling import ZERO_TEMPERATURE
 
 ATTRIBUTE_WORDS = {**{w: "color" for w in COLORS}, **{w: "size" for w in SIZES}, **{w: "material" for w in MATERIALS}}
 
@@ -65,6 +72,32 @@ def caption_through_boxes(
     captions = describe(model, conditions, caption, shifts=shifts, seed=seeds, openings=openings,
                         banned=ShapesFromBoxes(text_tokenizer, voted, shapes), **settings)
     return captions, voted
+
+
+def chain_caption_through_boxes(model, conditions: Mapping[str, object], specs: Sequence[TargetSpec], result, *,
+                                image_tokenizers: Mapping[str, object] | None, text_tokenizer, seed: int = 0) -> bool:
+    """Replace the world caption in ``result`` (a :class:`open4m.generation.prompt.GenerationResult` of
+    ``specs`` from ``conditions``, batched) by the one :func:`caption_through_boxes` decodes, where that chain
+    applies: the prompt is one RGB image (pixels), a caption target is predicted greedily and unguided, the model
+    writes boxes and the text tokenizer's box classes are world shapes. ``result.state``, and any target decoded
+    after the caption, keep the plain decode's caption. Returns whether the caption was replaced."""
+    images = [n for n in conditions if modalities.get(n).kind == "pixels" and n.split("@")[0] == "rgb"]
+    dets = [n for n in model.decoder_embeddings if n.split("@")[0] == "det"]
+    captions = [s for s in specs if s.name.split("@")[0] == "caption" and abs(s.temperature) < ZERO_TEMPERATURE
+                and s.guidance == 1.0]
+    if len(conditions) != 1 or not images or not dets or not captions or text_tokenizer is None:
+        return False
+    classes = getattr(text_tokenizer, "class_names", None)
+    if not classes or set(classes) - set(SHAPES):
+        return False  # boxes of other classes than the world's shapes: not a world caption
+    name = captions[0].name
+    texts, _ = caption_through_boxes(model, conditions, name, dets[0], text_tokenizer=text_tokenizer,
+                                     tokenizers=image_tokenizers, seed=seed)
+    ids = [text_tokenizer.encode(text) for text in texts]
+    result.decoded[name] = texts
+    result.tokens[name] = ids
+    result.scores[name] = [[None] * len(row) for row in ids]
+    return True
 
 
 def boxes_left_to_right(boxes: Sequence[Mapping]) -> list[str]:
@@ -141,9 +174,9 @@ class ShapesFromBoxes:
             return None
         done, sentence = _split(words)
         listed = _listed(done, self.shape_ids)
-        if _is_relation(sentence):
+        if _is_relation(sentence, self.shape_ids):
             stated = _stated(sentence)
-            named = _relation_objects(listed, sentence)
+            named = _relation_objects(listed, sentence, [s for s in done if _is_relation(s, self.shape_ids)])
             for kinds in (stated, {k: v for k, v in stated.items() if k == "color"}):  # all it states, its colour
                 fitting = {shape for shape, attrs in named if _fits(attrs, kinds)}
                 if fitting:
@@ -166,11 +199,12 @@ class ShapesFromBoxes:
         if not self.ordered[prompt]:
             return []
         done, sentence = _split(words)
-        if not _is_relation(sentence) or not (sentence[-1] == "the" or sentence[-1] in ATTRIBUTE_WORDS):
+        if not _is_relation(sentence, self.shape_ids) or not (sentence[-1] == "the" or sentence[-1] in ATTRIBUTE_WORDS):
             return []
         listed = _listed(done, self.shape_ids)
         stated = _stated(sentence)
-        fitting = [attrs for _, attrs in _relation_objects(listed, sentence) if _fits(attrs, stated)]
+        named = _relation_objects(listed, sentence, [s for s in done if _is_relation(s, self.shape_ids)])
+        fitting = [attrs for _, attrs in named if _fits(attrs, stated)]
         if not fitting:
             return []
         return [w for w, kind in ATTRIBUTE_WORDS.items() if w in self.attribute_ids and kind not in stated
@@ -201,38 +235,65 @@ def _split(words: list[str]) -> tuple[list[list[str]], list[str]]:
 
 def _listed(sentences: list[list[str]], shapes: Collection[str]) -> list[tuple[str, dict[str, str] | None]]:
     """The list items of the finished ``sentences`` that are not relations, in order (see :func:`_list_items`)."""
-    return [item for s in sentences if not _is_relation(s) for item in _list_items(s, shapes)]
+    return [item for s in sentences if not _is_relation(s, shapes) for item in _list_items(s, shapes)]
 
 
-def _is_relation(sentence: list[str]) -> bool:
-    """A relation sentence opens with "the" and an object ("The scene shows ..." is a count sentence)."""
-    return bool(sentence) and sentence[0] == "the" and (len(sentence) < 2 or sentence[1] != "scene")
+def _is_relation(sentence: list[str], shapes: Collection[str]) -> bool:
+    """A relation sentence opens with "the" and a noun phrase (an attribute word or one of ``shapes``): "The
+    scene shows ..." is a count sentence, "The image contains ..." a list."""
+    return bool(sentence) and sentence[0] == "the" and (
+        len(sentence) < 2 or sentence[1] in ATTRIBUTE_WORDS or sentence[1] in shapes)
 
 
-def _relation_objects(listed: list[tuple[str, dict[str, str] | None]], sentence: list[str]) -> list[tuple[str, dict]]:
+def _relation_objects(listed: list[tuple[str, dict[str, str] | None]], sentence: list[str],
+                      finished: Sequence[list[str]] = ()) -> list[tuple[str, dict]]:
     """The objects of the caption's full list (``(shape, attributes)``, left to right) that the noun phrase a
     relation sentence is writing may name: any of them for the first phrase; for the second (after ``"is"``),
     when the first names exactly one listed object, the others on the side the relation says ("left of": those
-    to its right in the list, "right of": to its left; in front of / behind: any other), else any other."""
+    to its right in the list, "right of": to its left; in front of / behind: any other) that no relation of
+    ``finished`` (the caption's finished relation sentences) already relates to it the same way, else any other."""
     full = [(shape, attrs) for shape, attrs in listed if attrs]
     if "is" not in sentence:
         return full
     cut = sentence.index("is")
-    first = [w for w in sentence[1:cut] if w in ATTRIBUTE_WORDS]
-    shape = sentence[cut - 1] if cut > 1 else None
-    stated = {ATTRIBUTE_WORDS[w]: w for w in first}
-    ones = [k for k, (s, attrs) in enumerate(full) if s == shape and _fits(attrs, stated)]
-    if len(ones) != 1:
+    k = _one_listed(full, sentence[1:cut])
+    if k is None:
         return full
-    k = ones[0]
-    words = sentence[cut + 1:]
-    if "left" in words:
+    kind = _relation_kind(sentence[cut + 1:])
+    if kind == "left":
         side = [j for j in range(len(full)) if j > k]
-    elif "right" in words:
+    elif kind == "right":
         side = [j for j in range(len(full)) if j < k]
     else:
         side = [j for j in range(len(full)) if j != k]
-    return [full[j] for j in side] or [full[j] for j in range(len(full)) if j != k] or full
+    said = {_said(full, done) for done in finished}
+    fresh = [j for j in side if (k, kind, j) not in said]
+    return [full[j] for j in fresh or side] or [full[j] for j in range(len(full)) if j != k] or full
+
+
+def _one_listed(full: list[tuple[str, dict]], phrase: list[str]) -> int | None:
+    """The index in ``full`` of the one listed object the noun phrase ``phrase`` (``["the", "red", "cube"]``)
+    names, None when it names none or several."""
+    shape = phrase[-1] if phrase else None
+    stated = {ATTRIBUTE_WORDS[w]: w for w in phrase if w in ATTRIBUTE_WORDS}
+    ones = [k for k, (s, attrs) in enumerate(full) if s == shape and _fits(attrs, stated)]
+    return ones[0] if len(ones) == 1 else None
+
+
+def _relation_kind(words: list[str]) -> str | None:
+    """``"left" / "right" / "front" / "behind"`` for the words after a relation's "is", None before they say."""
+    return next((kind for kind in ("left", "right", "front", "behind") if kind in words), None)
+
+
+def _said(full: list[tuple[str, dict]], sentence: list[str]) -> tuple[int | None, str | None, int | None]:
+    """``(first, kind, second)`` of a finished relation sentence: the listed objects its phrases name (indices in
+    ``full``, None where a phrase names no one object) and the relation's kind."""
+    if "is" not in sentence:
+        return None, None, None
+    cut = sentence.index("is")
+    rest = sentence[cut + 1:]
+    second = _open_phrase(rest) if "the" in rest else []  # "to the left of the red cube": after the last "the"
+    return _one_listed(full, sentence[1:cut]), _relation_kind(rest), _one_listed(full, second) if second else None
 
 
 def _stated(sentence: list[str]) -> dict[str, str]:
