@@ -18,9 +18,12 @@ RGB_INPUT, CAPTION = "rgb@64", "caption@64"
 def write_samples(model_dir: Path, val_dir: Path, out: Path, settings) -> dict:
     """Generate every output of the model in ``model_dir`` from the RGB, then from the caption, of the first
     ``settings.sample_scenes`` scenes in ``val_dir``; write ``out/samples_rgb_to_all.png`` and
-    ``out/samples_caption_to_all.png`` (one row per scene: condition, then each generated modality)."""
+    ``out/samples_caption_to_all.png`` (one row per scene: condition, then each generated modality). As
+    ``open4m generate --from rgb=... --to all`` does, the caption predicted from RGB is decoded through the
+    model's own boxes (:func:`open4m.generation.caption_shapes.chain_caption_through_boxes`)."""
     from open4m.data.world.config import SEMSEG_CLASSES
     from open4m.generation import TargetSpec, generate
+    from open4m.generation.caption_shapes import chain_caption_through_boxes
     from open4m.model import from_pretrained
     from open4m.pixels import to_model_pixels
     from open4m.tokenizer_set import TokenizerSet
@@ -39,6 +42,8 @@ def write_samples(model_dir: Path, val_dir: Path, out: Path, settings) -> dict:
                    for name in model.decoder_embeddings if name not in conditions]
         result = generate(model, conditions, targets, tokenizers=tokenizers.image, text_tokenizer=tokenizers.text,
                           seed=settings.seed)
+        chain_caption_through_boxes(model, conditions, targets, result, image_tokenizers=tokenizers.image,
+                                    text_tokenizer=tokenizers.text, seed=settings.seed)
         save_grid(conditions, result, out / file, overwrite=True, class_names=SEMSEG_CLASSES)
     return {"scenes": len(scenes)}
 

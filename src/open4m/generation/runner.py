@@ -17,9 +17,9 @@ import numpy as np
 
 from open4m import modalities
 from open4m.data.world.config import SEMSEG_CLASSES
+from open4m.generation.caption_shapes import chain_caption_through_boxes
 from open4m.generation.prompt import GenerationResult, generate
 from open4m.generation.sampler import TargetSpec
-from open4m.generation.sampling import ZERO_TEMPERATURE
 from open4m.pixels import to_model_pixels
 
 TEXT_TOKENIZER_FILES = ("text_tokenizer.json", "tokenizer.json")
@@ -187,31 +187,6 @@ def resolve_targets(model, names: Sequence[str], given: Sequence[str], guidance:
     return specs
 
 
-def _caption_through_boxes(model, parsed: dict, specs: Sequence[TargetSpec], result: GenerationResult, tokenizers,
-                           tok, seed: int) -> None:
-    """Replace ``result``'s caption by the one decoded through the model's boxes where the prompt is one RGB
-    image (pixels), the caption is predicted greedily and unguided, and the model writes boxes of the world.
-    ``result.state``, and any target decoded after the caption, keep the plain chained decode's caption."""
-    from open4m.data.world.config import SHAPES
-    from open4m.generation.caption_shapes import caption_through_boxes
-
-    images = [n for n in parsed if modalities.get(n).kind == "pixels" and n.split("@")[0] == "rgb"]
-    dets = [n for n in model.decoder_embeddings if n.split("@")[0] == "det"]
-    captions = [s for s in specs if s.name.split("@")[0] == "caption" and abs(s.temperature) < ZERO_TEMPERATURE
-                and s.guidance == 1.0]
-    if len(parsed) != 1 or not images or not dets or not captions or tok is None:
-        return
-    if not tok.class_names or set(tok.class_names) - set(SHAPES):
-        return  # boxes of other classes than the world's shapes: not a world caption
-    name = captions[0].name
-    texts, _ = caption_through_boxes(model, {images[0]: parsed[images[0]][None]}, name, dets[0],
-                                     text_tokenizer=tok, tokenizers=tokenizers.image, seed=seed)
-    ids = [tok.encode(text) for text in texts]
-    result.decoded[name] = texts
-    result.tokens[name] = ids
-    result.scores[name] = [[None] * len(row) for row in ids]
-
-
 def generate_to_png(
     model_dir: str | os.PathLike | None, conditions: Sequence[str], targets: Sequence[str],
     out: str | os.PathLike | None = None, text_tokenizer_path: str | os.PathLike | None = None,
@@ -257,6 +232,9 @@ def generate_to_png(
     specs = resolve_targets(model, targets, list(parsed), **settings)
     result = generate(model, parsed, specs, tokenizers=tokenizers.image, text_tokenizer=tok, seed=seed)
     if not plain_caption:
-        _caption_through_boxes(model, parsed, specs, result, tokenizers, tok, seed or 0)
+        batched = {k: v[None] for k, v in parsed.items() if isinstance(v, np.ndarray)}
+        if len(batched) == len(parsed):  # the chain takes one image prompt; parsed conditions have no batch axis
+            chain_caption_through_boxes(model, batched, specs, result, image_tokenizers=tokenizers.image,
+                                        text_tokenizer=tok, seed=seed or 0)
     class_names = SEMSEG_CLASSES if "tok_semseg@64" in {*parsed, *result.tokens} else None  # the world's labels
     return result, save_grid(parsed, result, out, overwrite=overwrite, class_names=class_names)
