@@ -3,7 +3,13 @@
 import pytest
 
 from open4m.data.world.config import SHAPES
-from open4m.generation.caption_shapes import ShapesFromBoxes, boxes_left_to_right, classes_by_vote, groups_left_to_right
+from open4m.generation.caption_shapes import (
+    RELATION_WORDS,
+    ShapesFromBoxes,
+    boxes_left_to_right,
+    classes_by_vote,
+    groups_left_to_right,
+)
 from open4m.shipped import world_tokenizers_dir
 from open4m.text import TextTokenizer
 
@@ -98,7 +104,9 @@ def test_a_relation_phrase_keeps_to_attributes_of_listed_objects(tok):
     assert set(rule.banned_attributes(0, rule._words(tok.encode(listed + "The small")))) == {
         "gray", "green", "brown", "purple", "cyan", "yellow", "shiny"}
     banned = {tok.id_to_token(i) for i in rule(0, tok.encode(listed + "The red"))}
-    assert banned == {"cylinder", "cube", "cone"}  # the red objects are spheres of either size and material
+    assert banned == set(SHAPES)  # the red objects are two spheres, of either size and material: say which first
+    banned = {tok.id_to_token(i) for i in rule(0, tok.encode(listed + "The red shiny"))}
+    assert banned == {"cylinder", "cube", "cone", "small"}
     banned = {tok.id_to_token(i) for i in rule(0, tok.encode(listed + "The blue"))}
     assert banned == {"sphere", "cube", "cone", "large", "shiny"}
     # outside relation phrases, after a by-shape list, or once the phrase fits nothing listed: nothing banned
@@ -115,11 +123,14 @@ def test_the_second_object_of_a_relation_lies_on_the_side_the_relation_says(tok)
     def named(text):
         return _allowed(rule, tok, listed + text)
 
-    assert named("The blue cylinder is to the left of the") == {"sphere", "cube"}  # the objects to its right
-    assert named("The blue cylinder is right of the") == {"sphere"}  # the large red shiny sphere
-    assert named("The gray cube is left of the") == {"sphere", "cylinder"}  # none to its right: any other
-    assert named("The blue cylinder is behind the") == {"sphere", "cube"}  # any object but itself
-    assert named("The red sphere is left of the") == {"sphere", "cylinder", "cube"}  # two red spheres: not one object
+    # "sphere" alone would name both spheres: a phrase says more first
+    assert named("The blue cylinder is to the left of the") == {"cube"}  # the objects to its right
+    assert named("The blue cylinder is to the left of the small") == {"sphere"}
+    assert named("The blue cylinder is right of the") == set()  # the large red shiny sphere: no shape yet
+    assert named("The blue cylinder is right of the large") == {"sphere"}
+    assert named("The gray cube is left of the") == {"cylinder"}  # none to its right: any other
+    assert named("The blue cylinder is behind the") == {"cube"}  # no box lower in the image: any other
+    assert named("The red sphere is left of the") == {"cylinder", "cube"}  # two red spheres: not one object
     assert rule.banned_attributes(0, rule._words(tok.encode(listed + "The blue cylinder is right of the"))) == [
         "gray", "blue", "green", "brown", "purple", "cyan", "yellow", "small", "matte"]
 
@@ -139,12 +150,29 @@ def test_a_relation_already_stated_is_not_stated_again(tok):
     listed = ("We can see a large red shiny sphere, a small blue matte cylinder, a small red matte sphere and a gray "
               "cube. ")
     said = "The blue cylinder is to the left of the gray cube. "
-    assert _allowed(rule, tok, listed + said + "The blue cylinder is left of the") == {"sphere"}
+    assert _allowed(rule, tok, listed + said + "The blue cylinder is left of the small") == {"sphere"}
+    assert _allowed(rule, tok, listed + said + "The blue cylinder is left of the") == set()  # only "sphere" is left
     words = rule._words(tok.encode(listed + said + "The blue cylinder is left of the"))
     assert "gray" in rule.banned_attributes(0, words) and "small" not in rule.banned_attributes(0, words)
-    assert _allowed(rule, tok, listed + said + "The blue cylinder is behind the") == {"sphere", "cube"}  # another kind
+    assert _allowed(rule, tok, listed + said + "The blue cylinder is behind the") == {"cube"}  # another kind
     both = said + "The blue cylinder is left of the small red sphere. "
-    assert _allowed(rule, tok, listed + both + "The blue cylinder is left of the") == {"sphere", "cube"}  # all said
+    assert _allowed(rule, tok, listed + both + "The blue cylinder is left of the") == {"cube"}  # all said
+
+
+def test_in_front_of_and_behind_follow_the_bottom_edges_of_the_boxes(tok):
+    # left to right: a sphere near the camera (lowest in the image), a cylinder far away, a cube between
+    boxes = [{"box": [0.0, 10.0, 8.0, 30.0], "class": "sphere"}, {"box": [20.0, 5.0, 28.0, 15.0], "class": "cylinder"},
+             {"box": [40.0, 10.0, 48.0, 25.0], "class": "cube"}]
+    rule = ShapesFromBoxes(tok, [boxes], SHAPES)
+    listed = "We can see a red sphere, a blue cylinder and a gray cube. "
+
+    def named(text):
+        return _allowed(rule, tok, listed + text)
+
+    assert named("The red sphere is in front of the") == {"cylinder", "cube"}
+    assert named("The gray cube is in front of the") == {"cylinder"}
+    assert named("The gray cube is behind the") == {"sphere"}
+    assert named("The blue cylinder is in front of the") == {"sphere", "cube"}  # none further: any other
 
 def test_the_chain_replaces_a_greedy_caption_of_image_prompts_only():
     import numpy as np
@@ -177,3 +205,20 @@ def test_the_chain_replaces_a_greedy_caption_of_image_prompts_only():
     captions = {"caption@64": ["a red cube", "two spheres"]}
     for conditions, specs in ((images, sampled), (captions, [TargetSpec("det@64", temperature=0.0)])):
         assert not chained(conditions, specs)[0]
+
+
+def test_a_relation_kind_with_no_object_left_is_not_begun(tok):
+    boxes = [{"box": [0.0, 10.0, 8.0, 30.0], "class": "sphere"}, {"box": [20.0, 5.0, 28.0, 15.0], "class": "cylinder"},
+             {"box": [40.0, 10.0, 48.0, 25.0], "class": "cube"}]  # near, far, between
+    rule = ShapesFromBoxes(tok, [boxes], SHAPES)
+    listed = "We can see a red sphere, a blue cylinder and a gray cube. "
+
+    def banned(text):
+        return {tok.id_to_token(i) for i in rule(0, tok.encode(listed + text))} & set(RELATION_WORDS)
+
+    assert banned("The red sphere is") == {"right", "behind"}  # the leftmost and nearest object
+    assert banned("The red sphere is to the") == {"right"}
+    assert banned("The gray cube is") == {"left"}
+    assert banned("The red sphere is left of the blue cylinder. The red sphere is left of the gray cube. "
+                  "The red sphere is") == {"left", "right", "to", "behind"}  # both to its right said: in front of
+    assert banned("The") == set()  # not yet at the kind

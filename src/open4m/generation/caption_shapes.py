@@ -39,6 +39,7 @@ from open4m.generation.prompt import generate
 from open4m.generation.sampler import TargetSpec
 from open4m.generation.sampling import ZERO_TEMPERATURE
 
+RELATION_WORDS = ("left", "right", "to", "in", "behind")  # the words opening a relation's kind after "is"
 ATTRIBUTE_WORDS = {**{w: "color" for w in COLORS}, **{w: "size" for w in SIZES}, **{w: "material" for w in MATERIALS}}
 
 
@@ -103,8 +104,11 @@ def chain_caption_through_boxes(model, conditions: Mapping[str, object], specs: 
 def boxes_left_to_right(boxes: Sequence[Mapping]) -> list[str]:
     """The classes of ``boxes`` (``{"box": [x0, y0, x1, y1], "class": str}``) ordered by their centre's x (ties
     keep the given order): the shapes of a world caption's full list, as the boxes see them."""
-    order = sorted(range(len(boxes)), key=lambda i: (boxes[i]["box"][0] + boxes[i]["box"][2]) / 2)
-    return [str(boxes[i]["class"]) for i in order]
+    return [str(b["class"]) for b in _left_to_right(boxes)]
+
+
+def _left_to_right(boxes: Sequence[Mapping]) -> list[Mapping]:
+    return sorted(boxes, key=lambda b: (b["box"][0] + b["box"][2]) / 2)
 
 
 def classes_by_vote(boxes: Sequence[Mapping], fused: Sequence[Mapping], iou: float = FUSE_IOU) -> list[dict]:
@@ -152,7 +156,11 @@ class ShapesFromBoxes:
             ids = text_tokenizer.encode(word)
             if len(ids) == 1:  # a word of several tokens is never banned
                 self.attribute_ids[word] = ids[0]
-        self.ordered = [boxes_left_to_right(row) for row in boxes]
+        self.relation_ids = {word: ids[0] for word in RELATION_WORDS
+                             if len(ids := text_tokenizer.encode(word)) == 1}  # one token each, as attributes
+        rows = [_left_to_right(row) for row in boxes]
+        self.ordered = [[str(b["class"]) for b in row] for row in rows]
+        self.bottoms = [[float(b["box"][3]) for b in row] for row in rows]  # image y grows downward: nearer
         unknown = {s for row in self.ordered for s in row} - set(self.shape_ids)
         if unknown:
             raise ValueError(f"ShapesFromBoxes: box classes {sorted(unknown)} are not among the shapes "
@@ -164,7 +172,9 @@ class ShapesFromBoxes:
         words = self._words(ids)
         allowed = self.allowed_shapes(prompt, words)
         banned = [] if allowed is None else [i for shape, i in self.shape_ids.items() if shape not in allowed]
-        return banned + [self.attribute_ids[w] for w in self.banned_attributes(prompt, words)]
+        banned += [self.attribute_ids[w] for w in self.banned_attributes(prompt, words)]
+        return banned + [self.relation_ids[w] for w in self.banned_relation_words(prompt, words)
+                         if w in self.relation_ids]
 
     def allowed_shapes(self, prompt: int, words: list[str]) -> set[str] | None:
         """The shapes a shape word written after ``words`` (the caption so far, as whole words and ``"."``)
@@ -176,12 +186,14 @@ class ShapesFromBoxes:
         listed = _listed(done, self.shape_ids)
         if _is_relation(sentence, self.shape_ids):
             stated = _stated(sentence)
-            named = _relation_objects(listed, sentence, [s for s in done if _is_relation(s, self.shape_ids)])
-            for kinds in (stated, {k: v for k, v in stated.items() if k == "color"}):  # all it states, its colour
-                fitting = {shape for shape, attrs in named if _fits(attrs, kinds)}
-                if fitting:
-                    return fitting
-            return set(shapes)
+            named = self._relation_objects(prompt, listed, sentence, done)
+            fitting = {shape for shape, attrs in named if _fits(attrs, stated)}
+            unique = {shape for shape in fitting if _names_one(listed, shape, stated)}
+            if fitting:
+                return unique  # a phrase that would name two listed objects says more first (maybe no shape)
+            fitting = {shape for shape, attrs in named if _fits(attrs, {k: v for k, v in stated.items()
+                                                                       if k == "color"})}
+            return fitting or set(shapes)
         listed += _list_items(sentence, self.shape_ids)
         grouped = [item for item in listed if item[1] is None]
         full = [item for item in listed if item[1] is not None]
@@ -203,12 +215,43 @@ class ShapesFromBoxes:
             return []
         listed = _listed(done, self.shape_ids)
         stated = _stated(sentence)
-        named = _relation_objects(listed, sentence, [s for s in done if _is_relation(s, self.shape_ids)])
+        named = self._relation_objects(prompt, listed, sentence, done)
         fitting = [attrs for _, attrs in named if _fits(attrs, stated)]
         if not fitting:
             return []
         return [w for w, kind in ATTRIBUTE_WORDS.items() if w in self.attribute_ids and kind not in stated
                 and not any(attrs.get(kind) == w for attrs in fitting)]
+
+    def banned_relation_words(self, prompt: int, words: list[str]) -> list[str]:
+        """Where a relation sentence names its kind (after ``"the <object> is"`` and ``"is to the"``), the words
+        of the kinds that have no object left for their second phrase (none on that side, or every one already
+        related the same way); [] when every kind has none, or the first phrase names no one listed object."""
+        if not self.ordered[prompt]:
+            return []
+        done, sentence = _split(words)
+        if not _is_relation(sentence, self.shape_ids) or "is" not in sentence:
+            return []
+        cut = sentence.index("is")
+        if sentence[cut + 1:] not in ([], ["to", "the"]):
+            return []
+        full = [(shape, attrs) for shape, attrs in _listed(done, self.shape_ids) if attrs]
+        k = _one_listed(full, sentence[1:cut])
+        if k is None:
+            return []
+        relations = [s for s in done if _is_relation(s, self.shape_ids)]
+        free = {kind: bool(_partners(full, k, kind, relations, self.bottoms[prompt]))
+                for kind in ("left", "right", "front", "behind")}
+        if not any(free.values()):
+            return []
+        banned = [kind for kind in ("left", "right") if not free[kind]]
+        if sentence[cut + 1:] == []:
+            banned += [word for word, kinds in (("to", ("left", "right")), ("in", ("front",)), ("behind", ("behind",)))
+                       if not any(free[kind] for kind in kinds)]
+        return banned
+
+    def _relation_objects(self, prompt: int, listed, sentence: list[str], done: list[list[str]]):
+        relations = [s for s in done if _is_relation(s, self.shape_ids)]
+        return _relation_objects(listed, sentence, relations, self.bottoms[prompt])
 
     def _words(self, ids: list[int]) -> list[str]:
         words: list[str] = []
@@ -246,12 +289,14 @@ def _is_relation(sentence: list[str], shapes: Collection[str]) -> bool:
 
 
 def _relation_objects(listed: list[tuple[str, dict[str, str] | None]], sentence: list[str],
-                      finished: Sequence[list[str]] = ()) -> list[tuple[str, dict]]:
+                      finished: Sequence[list[str]] = (), bottoms: Sequence[float] = ()) -> list[tuple[str, dict]]:
     """The objects of the caption's full list (``(shape, attributes)``, left to right) that the noun phrase a
     relation sentence is writing may name: any of them for the first phrase; for the second (after ``"is"``),
     when the first names exactly one listed object, the others on the side the relation says ("left of": those
-    to its right in the list, "right of": to its left; in front of / behind: any other) that no relation of
-    ``finished`` (the caption's finished relation sentences) already relates to it the same way, else any other."""
+    to its right in the list, "right of": to its left; in front of: those whose box ends higher in the image,
+    behind: lower, the k-th listed object having the k-th box from the left, whose bottom edge is
+    ``bottoms[k]``; an object without a box may be either) that no relation of ``finished`` (the caption's
+    finished relation sentences) already relates to it the same way, else any other."""
     full = [(shape, attrs) for shape, attrs in listed if attrs]
     if "is" not in sentence:
         return full
@@ -260,15 +305,38 @@ def _relation_objects(listed: list[tuple[str, dict[str, str] | None]], sentence:
     if k is None:
         return full
     kind = _relation_kind(sentence[cut + 1:])
-    if kind == "left":
-        side = [j for j in range(len(full)) if j > k]
-    elif kind == "right":
-        side = [j for j in range(len(full)) if j < k]
-    else:
-        side = [j for j in range(len(full)) if j != k]
-    said = {_said(full, done) for done in finished}
-    fresh = [j for j in side if (k, kind, j) not in said]
+    side = _side(k, kind, len(full), bottoms)
+    fresh = _partners(full, k, kind, finished, bottoms)
     return [full[j] for j in fresh or side] or [full[j] for j in range(len(full)) if j != k] or full
+
+
+def _side(k: int, kind: str | None, n: int, bottoms: Sequence[float]) -> list[int]:
+    """The indices among ``n`` listed objects that the relation ``kind`` may relate the k-th one to (see
+    :func:`_relation_objects`)."""
+    if kind == "left":
+        return [j for j in range(n) if j > k]
+    if kind == "right":
+        return [j for j in range(n) if j < k]
+    if kind in ("front", "behind") and k < len(bottoms):  # a nearer object stands lower in the image
+        further = [j >= len(bottoms) or (bottoms[j] < bottoms[k] if kind == "front" else bottoms[j] > bottoms[k])
+                   for j in range(n)]
+        return [j for j in range(n) if j != k and further[j]]
+    return [j for j in range(n) if j != k]
+
+
+def _partners(full: list[tuple[str, dict]], k: int, kind: str | None, finished: Sequence[list[str]],
+              bottoms: Sequence[float]) -> list[int]:
+    """The objects on the relation's side of the k-th listed one that no finished relation already relates to
+    it the same way."""
+    said = {_said(full, done) for done in finished}
+    return [j for j in _side(k, kind, len(full), bottoms) if (k, kind, j) not in said]
+
+
+def _names_one(listed: list[tuple[str, dict[str, str] | None]], shape: str, stated: Mapping[str, str]) -> bool:
+    """Whether a relation's noun phrase ending with ``shape`` after the attributes ``stated`` names one object
+    of the caption's full list, or objects no further attribute word tells apart (nothing more to say)."""
+    fits = [attrs for s, attrs in listed if attrs and s == shape and _fits(attrs, stated)]
+    return len(fits) <= 1 or all(attrs == fits[0] for attrs in fits)
 
 
 def _one_listed(full: list[tuple[str, dict]], phrase: list[str]) -> int | None:
