@@ -2,7 +2,7 @@
 
 import pytest
 
-from open4m.data.world.config import SHAPES
+from open4m.data.world.config import COLORS, SHAPES
 from open4m.generation.caption_shapes import (
     RELATION_WORDS,
     ShapesFromBoxes,
@@ -100,15 +100,15 @@ def test_a_relation_phrase_keeps_to_attributes_of_listed_objects(tok):
     listed = "We can see a large red shiny sphere, a small blue matte cylinder and a small red matte sphere. "
     assert rule.banned_attributes(0, rule._words(tok.encode(listed + "The"))) == [
         "gray", "green", "brown", "purple", "cyan", "yellow"]  # red and blue objects, both sizes and materials
-    # "the small ...": a small blue matte or small red matte object; "large" is stated no more (a size is given)
+    # "the small ...": a small blue matte or small red matte object; no second size ("the small large ...")
     assert set(rule.banned_attributes(0, rule._words(tok.encode(listed + "The small")))) == {
-        "gray", "green", "brown", "purple", "cyan", "yellow", "shiny"}
+        "gray", "green", "brown", "purple", "cyan", "yellow", "shiny", "small", "large"}
     banned = {tok.id_to_token(i) for i in rule(0, tok.encode(listed + "The red"))}
-    assert banned == set(SHAPES)  # the red objects are two spheres, of either size and material: say which first
+    assert banned - set(COLORS) == set(SHAPES)  # two red spheres, of either size and material: say which first
     banned = {tok.id_to_token(i) for i in rule(0, tok.encode(listed + "The red shiny"))}
-    assert banned == {"cylinder", "cube", "cone", "small"}
+    assert banned == {"cylinder", "cube", "cone", "small", "shiny", "matte", *COLORS}
     banned = {tok.id_to_token(i) for i in rule(0, tok.encode(listed + "The blue"))}
-    assert banned == {"sphere", "cube", "cone", "large", "shiny"}
+    assert banned == {"sphere", "cube", "cone", "large", "shiny", *COLORS}
     # outside relation phrases, after a by-shape list, or once the phrase fits nothing listed: nothing banned
     assert rule.banned_attributes(0, rule._words(tok.encode("We can see a"))) == []
     assert rule.banned_attributes(0, rule._words(tok.encode("We can see two spheres. The"))) == []

@@ -206,7 +206,8 @@ class ShapesFromBoxes:
 
     def banned_attributes(self, prompt: int, words: list[str]) -> list[str]:
         """Inside a relation's noun phrase (after "the" and attribute words), the attribute words that would
-        make it name no object of the caption's full list: a relation names listed objects. [] elsewhere, when
+        make it name no object of the caption's full list (a relation names listed objects) or repeat a kind
+        the phrase has stated. [] elsewhere, when
         the list names no object in full, or when the phrase already fits none (the model's own choice)."""
         if not self.ordered[prompt]:
             return []
@@ -219,8 +220,8 @@ class ShapesFromBoxes:
         fitting = [attrs for _, attrs in named if _fits(attrs, stated)]
         if not fitting:
             return []
-        return [w for w, kind in ATTRIBUTE_WORDS.items() if w in self.attribute_ids and kind not in stated
-                and not any(attrs.get(kind) == w for attrs in fitting)]
+        return [w for w, kind in ATTRIBUTE_WORDS.items() if w in self.attribute_ids and (
+            kind in stated or not any(attrs.get(kind) == w for attrs in fitting))]  # each kind is said once
 
     def banned_relation_words(self, prompt: int, words: list[str]) -> list[str]:
         """Where a relation sentence names its kind (after ``"the <object> is"`` and ``"is to the"``), the words
