@@ -407,4 +407,5 @@ def _list_items(sentence: list[str], shapes: Collection[str]) -> list[tuple[str,
     return items
 
 
-__all__ = ["ShapesFromBoxes", "boxes_left_to_right", "caption_through_boxes", "classes_by_vote", "groups_left_to_right"]
+__all__ = ["RELATION_WORDS", "ShapesFromBoxes", "boxes_left_to_right", "caption_through_boxes",
+           "chain_caption_through_boxes", "classes_by_vote", "groups_left_to_right"]
