@@ -240,7 +240,7 @@ class ShapesFromBoxes:
         if k is None:
             return []
         relations = [s for s in done if _is_relation(s, self.shape_ids)]
-        free = {kind: bool(_partners(full, k, kind, relations, self.bottoms[prompt]))
+        free = {kind: bool(_partners(full, k, kind, relations, _side(k, kind, len(full), self.bottoms[prompt])))
                 for kind in ("left", "right", "front", "behind")}
         if not any(free.values()):
             return []
@@ -307,7 +307,7 @@ def _relation_objects(listed: list[tuple[str, dict[str, str] | None]], sentence:
         return full
     kind = _relation_kind(sentence[cut + 1:])
     side = _side(k, kind, len(full), bottoms)
-    fresh = _partners(full, k, kind, finished, bottoms)
+    fresh = _partners(full, k, kind, finished, side)
     return [full[j] for j in fresh or side] or [full[j] for j in range(len(full)) if j != k] or full
 
 
@@ -326,11 +326,11 @@ def _side(k: int, kind: str | None, n: int, bottoms: Sequence[float]) -> list[in
 
 
 def _partners(full: list[tuple[str, dict]], k: int, kind: str | None, finished: Sequence[list[str]],
-              bottoms: Sequence[float]) -> list[int]:
-    """The objects on the relation's side of the k-th listed one that no finished relation already relates to
-    it the same way."""
+              side: Sequence[int]) -> list[int]:
+    """The objects of ``side`` (:func:`_side` of the k-th listed one) that no finished relation already
+    relates to it the same way."""
     said = {_said(full, done) for done in finished}
-    return [j for j in _side(k, kind, len(full), bottoms) if (k, kind, j) not in said]
+    return [j for j in side if (k, kind, j) not in said]
 
 
 def _names_one(listed: list[tuple[str, dict[str, str] | None]], shape: str, stated: Mapping[str, str]) -> bool:
