@@ -14,10 +14,14 @@ shape word but the one the boxes put there:
 - a relation's object has the shape of a listed object with the attributes the relation states before it
   (``"the red ..."``: an object the list calls red; else one with its colour; else any shape among the boxes),
   and the attribute words of a relation's noun phrase keep to those of some object the list names in full;
+- a relation's noun phrase names one listed object (a shape word that would fit two waits for an attribute that
+  tells them apart) and states each attribute kind once;
 - the second object of a relation whose first names one listed object lies on the side the relation says
-  ("left of": later in the list, "right of": earlier; in front of / behind: any other), is never the first, and
+  ("left of": later in the list, "right of": earlier; "in front of": its box ends higher in the image than the
+  first's, "behind": lower, the k-th listed object having the k-th box from the left), is never the first, and
   is not one an earlier relation of the caption already relates to the first in the same way (a relation is
-  stated once, as the world's captions do) while another is left.
+  stated once, as the world's captions do) while another is left; a relation kind with no such object left is
+  not begun.
 
 A sentence opening with "the" and a noun phrase is a relation; "The scene shows ..." and "The image contains ..."
 are the world's count and list sentences.
@@ -207,8 +211,8 @@ class ShapesFromBoxes:
     def banned_attributes(self, prompt: int, words: list[str]) -> list[str]:
         """Inside a relation's noun phrase (after "the" and attribute words), the attribute words that would
         make it name no object of the caption's full list (a relation names listed objects) or repeat a kind
-        the phrase has stated. [] elsewhere, when
-        the list names no object in full, or when the phrase already fits none (the model's own choice)."""
+        the phrase has stated. [] elsewhere, when the list names no object in full, or when the phrase already
+        fits none (the model's own choice)."""
         if not self.ordered[prompt]:
             return []
         done, sentence = _split(words)
@@ -239,8 +243,8 @@ class ShapesFromBoxes:
         k = _one_listed(full, sentence[1:cut])
         if k is None:
             return []
-        relations = [s for s in done if _is_relation(s, self.shape_ids)]
-        free = {kind: bool(_partners(full, k, kind, relations, _side(k, kind, len(full), self.bottoms[prompt])))
+        said = _said_all(full, [s for s in done if _is_relation(s, self.shape_ids)])
+        free = {kind: bool(_partners(k, kind, said, _side(k, kind, len(full), self.bottoms[prompt])))
                 for kind in ("left", "right", "front", "behind")}
         if not any(free.values()):
             return []
@@ -307,7 +311,7 @@ def _relation_objects(listed: list[tuple[str, dict[str, str] | None]], sentence:
         return full
     kind = _relation_kind(sentence[cut + 1:])
     side = _side(k, kind, len(full), bottoms)
-    fresh = _partners(full, k, kind, finished, side)
+    fresh = _partners(k, kind, _said_all(full, finished), side)
     return [full[j] for j in fresh or side] or [full[j] for j in range(len(full)) if j != k] or full
 
 
@@ -325,12 +329,15 @@ def _side(k: int, kind: str | None, n: int, bottoms: Sequence[float]) -> list[in
     return [j for j in range(n) if j != k]
 
 
-def _partners(full: list[tuple[str, dict]], k: int, kind: str | None, finished: Sequence[list[str]],
-              side: Sequence[int]) -> list[int]:
-    """The objects of ``side`` (:func:`_side` of the k-th listed one) that no finished relation already
-    relates to it the same way."""
-    said = {_said(full, done) for done in finished}
+def _partners(k: int, kind: str | None, said: set[tuple], side: Sequence[int]) -> list[int]:
+    """The objects of ``side`` (:func:`_side` of the k-th listed one) that no finished relation (``said``,
+    :func:`_said_all`) already relates to it the same way."""
     return [j for j in side if (k, kind, j) not in said]
+
+
+def _said_all(full: list[tuple[str, dict]], finished: Sequence[list[str]]) -> set[tuple]:
+    """``(first, kind, second)`` of every finished relation sentence (:func:`_said`)."""
+    return {_said(full, done) for done in finished}
 
 
 def _names_one(listed: list[tuple[str, dict[str, str] | None]], shape: str, stated: Mapping[str, str]) -> bool:
