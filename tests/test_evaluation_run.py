@@ -321,6 +321,42 @@ def test_caption_given_boxes_decodes_each_caption_from_the_image_and_its_boxes(s
                        tasks=["rgb->caption"], caption_given_boxes=True)
 
 
+def test_captions_chain_through_the_boxes_by_default_where_the_chain_applies(samples, tokenizers, monkeypatch):
+    from open4m.data.world.captions import count_sentence
+    from open4m.generation.caption_shapes import ShapesFromBoxes
+
+    monkeypatch.setattr(run_module, "generate", Oracle(samples, tokenizers))  # greedy boxes = the true boxes
+    monkeypatch.setattr(run_module, "detect", lambda model, conditions, target, **kwargs: [
+        [{"score": 0.8, **d} for d in s["det"]] for s in samples[: len(conditions["rgb@64"])]])
+    seen = []
+
+    def recording(model, conditions, target, *, openings=None, banned=None, **kwargs):
+        seen.append((sorted(conditions), openings, banned))
+        return [s["caption"] for s in samples[: len(conditions["rgb@64"])]]
+
+    monkeypatch.setattr(run_module, "describe", recording)
+    results = evaluate_model(tiny_model(), tokenizers, samples, num_scenes=2, tasks=["rgb->caption"],
+                             caption_shifts=())
+    (names, openings, banned), = seen  # a det target, world shapes as box classes: both chains are on
+    assert openings == [count_sentence(len(s["det"])) for s in samples[:2]] and isinstance(banned, ShapesFromBoxes)
+    settings = results["settings"]
+    assert settings["caption_count_from_boxes"] is True and settings["caption_shapes_from_boxes"] is True
+    seen.clear()  # one of them asked off: the other stays on
+    results = evaluate_model(tiny_model(), tokenizers, samples, num_scenes=2, tasks=["rgb->caption"],
+                             caption_shifts=(), caption_count_from_boxes=False)
+    assert seen[0][1] is None and isinstance(seen[0][2], ShapesFromBoxes)
+    assert results["settings"]["caption_count_from_boxes"] is False
+    seen.clear()  # with the boxes as a condition, the chain is that alone
+    results = evaluate_model(tiny_model(), tokenizers, samples, num_scenes=2, tasks=["rgb->caption"],
+                             caption_shifts=(), caption_given_boxes=True)
+    assert seen[0][0] == ["det@64", "rgb@64"] and seen[0][1:] == (None, None)
+    assert results["settings"]["caption_shapes_from_boxes"] is False
+    seen.clear()  # no det target: the plain caption (the model's own generate call, not describe)
+    results = evaluate_model(tiny_model(DOMAINS_IN, ["caption@64"]), tokenizers, samples, num_scenes=2,
+                             tasks=["rgb->caption"], caption_shifts=())
+    assert seen == [] and results["settings"]["caption_count_from_boxes"] is False
+
+
 # ------------------------------------------------------------------ report
 def fake_results(value, skipped=None):
     return {"num_scenes": 2, "settings": {"steps": 2, "temperature": 0.0, "seed": 0},
@@ -418,3 +454,22 @@ def test_cli_rgb_generation_flags_reach_the_results(tmp_path, val_dir, capsys):
     assert settings["det_shifts"] == [[-3, -3], [0, -3], [3, -3], [-3, 0], [3, 0], [-3, 3], [0, 3], [3, 3]]
     assert settings["caption_shifts"] == [] and settings["caption_count_from_boxes"] is True
     assert settings["caption_given_boxes"] is True and settings["caption_shapes_from_boxes"] is True
+
+
+def test_cli_plain_caption_turns_both_box_chains_off(tmp_path, val_dir, capsys):
+    model_dir = save_pretrained(tiny_model(), tmp_path / "model")
+    common = ["--model", model_dir, "--data", val_dir, "--num-scenes", 1, "--tasks", "depth->rgb", "--rgb-steps", 1]
+    code, out = run_cli([*common, "--out", tmp_path / "default"], capsys)
+    assert code == 0, out
+    settings = load_results(tmp_path / "default")["settings"]
+    assert settings["caption_count_from_boxes"] is True and settings["caption_shapes_from_boxes"] is True
+    code, out = run_cli([*common, "--out", tmp_path / "plain", "--plain-caption"], capsys)
+    assert code == 0, out
+    settings = load_results(tmp_path / "plain")["settings"]
+    assert settings["caption_count_from_boxes"] is False and settings["caption_shapes_from_boxes"] is False
+    code, out = run_cli([*common, "--out", tmp_path / "shapes", "--no-caption-count-from-boxes"], capsys)
+    settings = load_results(tmp_path / "shapes")["settings"]
+    assert settings["caption_count_from_boxes"] is False and settings["caption_shapes_from_boxes"] is True
+    code, out = run_cli([*common, "--out", tmp_path / "both", "--plain-caption", "--caption-shapes-from-boxes"],
+                        capsys)
+    assert code == 2 and "--plain-caption" in out and not (tmp_path / "both").exists()

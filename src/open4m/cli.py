@@ -184,8 +184,7 @@ def _add_generate_parser(sub) -> None:
     p.add_argument("--plain-caption", action="store_true",
                    help="from one RGB image, keep the caption of the plain chained decode instead of decoding it "
                    "through the model's own boxes (their count opens it, their shapes name its objects left to "
-                   "right; the default for world models with boxes, as open4m eval --caption-count-from-boxes "
-                   "--caption-shapes-from-boxes scores it)")
+                   "right; the default for world models with boxes, as open4m eval scores it by default)")
     p.add_argument("--allow-unknown-words", action="store_true",
                    help="accept caption words a closed-vocabulary (world) text tokenizer does not hold")
     p.add_argument("--scheme", choices=["maskgit", "roar"], help="image decoding scheme (default maskgit)")
@@ -242,6 +241,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from open4m.evaluation.run import evaluate_folder
     from open4m.generation.boxes import neighbour_shifts
 
+    count, shapes = args.caption_count_from_boxes, args.caption_shapes_from_boxes
+    if args.plain_caption:
+        if count or shapes:
+            raise ValueError("--plain-caption does not chain the caption through the boxes: drop "
+                             "--caption-count-from-boxes / --caption-shapes-from-boxes or --plain-caption")
+        count = shapes = False
     results = evaluate_folder(args.model, args.data, args.out, tokenizers_dir=args.tokenizers, device=args.device,
                               num_scenes=args.num_scenes, overwrite=args.overwrite, baseline=args.baseline,
                               batch_size=args.batch_size, steps=args.steps, temperature=args.temperature,
@@ -250,9 +255,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                               det_temperature=args.det_temperature, det_flip=args.det_flip,
                               det_shifts=neighbour_shifts(args.det_shift),
                               caption_shifts=neighbour_shifts(args.caption_shift),
-                              caption_count_from_boxes=args.caption_count_from_boxes,
-                              caption_given_boxes=args.caption_given_boxes,
-                              caption_shapes_from_boxes=args.caption_shapes_from_boxes,
+                              caption_count_from_boxes=count, caption_given_boxes=args.caption_given_boxes,
+                              caption_shapes_from_boxes=shapes,
                               semseg_pixel_weight=args.semseg_pixel_weight,
                               seed=args.seed, progress=args.progress,
                               tasks=args.tasks.split(",") if args.tasks else None)
@@ -306,18 +310,23 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--caption-shift", type=int, default=CAPTION_SHIFT, metavar="PIXELS",
                    help="RGB->caption: decode each caption from the image and its eight views moved by PIXELS at once "
                    f"(next-token log-probabilities averaged; default {CAPTION_SHIFT}; 0 = the image alone)")
-    p.add_argument("--caption-count-from-boxes", action="store_true",
+    p.add_argument("--caption-count-from-boxes", action=argparse.BooleanOptionalAction, default=None,
                    help="RGB->caption: open each caption with 'There are N objects.', N the number of boxes of the "
-                   "model's own greedy RGB->boxes decode, and let the model write the rest (a chain through its boxes)")
+                   "model's own greedy RGB->boxes decode, and let the model write the rest (a chain through its "
+                   "boxes; default: on, as --caption-shapes-from-boxes, for a model with boxes of world shapes, "
+                   "as open4m generate decodes a caption, unless --caption-given-boxes)")
     p.add_argument("--caption-given-boxes", action="store_true",
                    help="RGB->caption: decode each caption from the image and the boxes of the model's own greedy "
                    "RGB->boxes decode, given as a det condition (a chain through its boxes; needs a model that "
                    "takes det as input)")
-    p.add_argument("--caption-shapes-from-boxes", action="store_true",
+    p.add_argument("--caption-shapes-from-boxes", action=argparse.BooleanOptionalAction, default=None,
                    help="RGB->caption: keep every shape word of each caption to the model's own boxes (one greedy "
                    "RGB->boxes decode, each box's class voted by the fused RGB->boxes decodes): the k-th listed "
                    "object has the shape of the k-th box from the left, a relation names a listed object; the "
-                   "model writes the rest (a chain through its boxes)")
+                   "model writes the rest (a chain through its boxes; default as --caption-count-from-boxes)")
+    p.add_argument("--plain-caption", action="store_true",
+                   help="RGB->caption: the model's caption of the image alone, not chained through its boxes "
+                   "(= --no-caption-count-from-boxes --no-caption-shapes-from-boxes)")
     p.add_argument("--semseg-pixel-weight", type=float, default=PIXEL_WEIGHT,
                    help="RGB->semseg miou_refined: the predicted map's vote for its own label against the box scores "
                    f"when object pixels are relabelled by the model's boxes (default {PIXEL_WEIGHT:g})")

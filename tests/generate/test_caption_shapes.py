@@ -104,11 +104,13 @@ def test_a_relation_phrase_keeps_to_attributes_of_listed_objects(tok):
     assert set(rule.banned_attributes(0, rule._words(tok.encode(listed + "The small")))) == {
         "gray", "green", "brown", "purple", "cyan", "yellow", "shiny", "small", "large"}
     banned = {tok.id_to_token(i) for i in rule(0, tok.encode(listed + "The red"))}
-    assert banned - set(COLORS) == set(SHAPES)  # two red spheres, of either size and material: say which first
+    # two red spheres, of either size and material: the material says which (a size no longer can, it comes
+    # before the colour); no shape and no full stop before it
+    assert banned - set(COLORS) == {*SHAPES, "small", "large", "."}
     banned = {tok.id_to_token(i) for i in rule(0, tok.encode(listed + "The red shiny"))}
-    assert banned == {"cylinder", "cube", "cone", "small", "shiny", "matte", *COLORS}
+    assert banned == {"cylinder", "cube", "cone", "small", "large", "shiny", "matte", ".", *COLORS}
     banned = {tok.id_to_token(i) for i in rule(0, tok.encode(listed + "The blue"))}
-    assert banned == {"sphere", "cube", "cone", "large", "shiny", *COLORS}
+    assert banned == {"sphere", "cube", "cone", "small", "large", "shiny", ".", *COLORS}
     # outside relation phrases, after a by-shape list, or once the phrase fits nothing listed: nothing banned
     assert rule.banned_attributes(0, rule._words(tok.encode("We can see a"))) == []
     assert rule.banned_attributes(0, rule._words(tok.encode("We can see two spheres. The"))) == []
@@ -222,3 +224,22 @@ def test_a_relation_kind_with_no_object_left_is_not_begun(tok):
     assert banned("The red sphere is left of the blue cylinder. The red sphere is left of the gray cube. "
                   "The red sphere is") == {"left", "right", "to", "behind"}  # both to its right said: in front of
     assert banned("The") == set()  # not yet at the kind
+
+
+def test_a_relation_phrase_takes_no_word_that_leaves_it_unable_to_name_one_object(tok):
+    rule = ShapesFromBoxes(tok, [[_box(0, "cylinder"), _box(20, "cylinder"), _box(40, "cube")]], SHAPES)
+    listed = "We can see a large gray matte cylinder, a small gray matte cylinder and a large red shiny cube. "
+
+    def banned(text):
+        return {tok.id_to_token(i) for i in rule(0, tok.encode(listed + text))}
+
+    # "the gray ..." could only go on with the material, which both gray cylinders share: the size comes first
+    assert "gray" in banned("The") and not {"large", "small", "red"} & banned("The")
+    assert not {"gray", "matte", "cylinder"} & banned("The large") and "." in banned("The large")
+    assert "cylinder" not in banned("The large gray") and "cylinder" not in banned("The small gray matte")
+    # the second phrase too: right of the cube lie both cylinders
+    second = "The red cube is to the right of the"
+    assert "gray" in banned(second) and "." in banned(second) and "small" not in banned(second)
+    assert "." not in banned("The large gray cylinder")  # a named object: the sentence may go on or end
+    assert rule.in_open_phrase(0, rule._words(tok.encode(listed + "The small"))) is True
+    assert rule.in_open_phrase(0, rule._words(tok.encode(listed + "The green"))) is False  # fits none listed

@@ -29,7 +29,7 @@ from open4m.evaluation import tasks as task_table
 from open4m.evaluation.captions import parse_caption, scene_truth, score_caption
 from open4m.evaluation.tasks import CAPTION, DEPTH, DET, SEMSEG, TARGETS, TOK_RGB, plan_tasks
 from open4m.generation.boxes import DET_TEMPERATURE, SHIFTS, detect
-from open4m.generation.caption_shapes import ShapesFromBoxes, classes_by_vote
+from open4m.generation.caption_shapes import ShapesFromBoxes, boxes_chain_applies, classes_by_vote
 from open4m.generation.describe import CAPTION_SHIFTS, describe
 from open4m.generation.prompt import generate
 from open4m.generation.runner import RGB_GUIDANCE
@@ -351,9 +351,9 @@ def evaluate_model(
     det_flip: bool = True,
     det_shifts: Sequence[tuple[int, int]] = SHIFTS,
     caption_shifts: Sequence[tuple[int, int]] = CAPTION_SHIFTS,
-    caption_count_from_boxes: bool = False,
+    caption_count_from_boxes: bool | None = None,
     caption_given_boxes: bool = False,
-    caption_shapes_from_boxes: bool = False,
+    caption_shapes_from_boxes: bool | None = None,
     semseg_pixel_weight: float = PIXEL_WEIGHT,
     seed: int = 0,
     tasks: list[str] | None = None,
@@ -395,7 +395,11 @@ def evaluate_model(
             input; ``()`` = the image alone.
         caption_count_from_boxes: RGB->caption chains through the model's own boxes: each caption is forced to
             open with ``"There are N objects."``, N the number of boxes of one greedy RGB->det decode, and the
-            model writes the rest (needs a model with the det target).
+            model writes the rest (needs a model with the det target). None (the default, as for
+            ``caption_shapes_from_boxes``): on where that chain applies
+            (:func:`open4m.generation.caption_shapes.boxes_chain_applies`: a det target, world shapes as box
+            classes) and ``caption_given_boxes`` is off, as ``open4m generate`` decodes a caption from one image;
+            ``results["settings"]`` records what was used. False for both = the plain caption.
         caption_given_boxes: RGB->caption chains through the model's own boxes as a condition: each caption is
             decoded from the image *and* the boxes of one greedy RGB->det decode (given as ``det@64``, moved with
             each shifted view; needs a model with det as target and input). With ``caption_count_from_boxes`` both
@@ -431,6 +435,9 @@ def evaluate_model(
     if semseg_pixel_weight < 0:
         raise ValueError(f"semseg_pixel_weight must be >= 0, got {semseg_pixel_weight}")
     plan = plan_tasks(model, tokenizers, tasks)
+    chain = not caption_given_boxes and boxes_chain_applies(model, tokenizers.text)
+    caption_count_from_boxes = chain if caption_count_from_boxes is None else caption_count_from_boxes
+    caption_shapes_from_boxes = chain if caption_shapes_from_boxes is None else caption_shapes_from_boxes
     if caption_count_from_boxes and "rgb->caption" in plan.tasks and DET not in model.decoder_embeddings:
         raise ValueError(f"caption_count_from_boxes: the model has no {DET} target to count the boxes with")
     if caption_shapes_from_boxes and "rgb->caption" in plan.tasks and DET not in model.decoder_embeddings:

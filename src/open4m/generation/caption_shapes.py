@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 
 from open4m import modalities
-from open4m.data.world.captions import NUMBER_WORDS, count_sentence
+from open4m.data.world.captions import ATTRIBUTES, NUMBER_WORDS, count_sentence
 from open4m.data.world.config import COLORS, MATERIALS, SHAPES, SIZES
 from open4m.generation.boxes import FUSE_IOU, SHIFTS, box_iou, detect
 from open4m.generation.describe import CAPTION_SHIFTS, describe
@@ -44,6 +44,7 @@ from open4m.generation.sampler import TargetSpec
 from open4m.generation.sampling import ZERO_TEMPERATURE
 
 RELATION_WORDS = ("left", "right", "to", "in", "behind")  # the words opening a relation's kind after "is"
+PHRASE_ORDER = tuple(kind for kind in ATTRIBUTES if kind != "shape")  # a noun phrase's attributes, in order
 ATTRIBUTE_WORDS = {**{w: "color" for w in COLORS}, **{w: "size" for w in SIZES}, **{w: "material" for w in MATERIALS}}
 
 
@@ -62,11 +63,11 @@ def caption_through_boxes(
 ) -> tuple[list[str], list[list[dict]]]:
     """World captions ``caption`` of every row of ``conditions`` (an image with a batch axis, as
     :func:`open4m.generation.describe.describe` takes it) chained through the model's own boxes ``det``, as
-    ``open4m eval --caption-count-from-boxes --caption-shapes-from-boxes`` decodes them: one greedy box decode
-    per row, its classes voted by the fused decodes of the image, its mirror and its ``box_shifts`` views
-    (:func:`classes_by_vote`); the caption, decoded from the image and its ``shifts`` views, opens with the count
-    of those boxes and keeps its shape words to them (:class:`ShapesFromBoxes`). Returns the captions and the
-    voted boxes. Row i decodes with seed ``seed + i``."""
+    ``open4m eval`` decodes them by default (``--caption-count-from-boxes --caption-shapes-from-boxes``): one
+    greedy box decode per row, its classes voted by the fused decodes of the image, its mirror and its
+    ``box_shifts`` views (:func:`classes_by_vote`); the caption, decoded from the image and its ``shifts`` views,
+    opens with the count of those boxes and keeps its shape words to them (:class:`ShapesFromBoxes`). Returns the
+    captions and the voted boxes. Row i decodes with seed ``seed + i``."""
     rows = len(next(iter(conditions.values())))
     seeds = [seed + i for i in range(rows)]
     settings = {"tokenizers": tokenizers, "text_tokenizer": text_tokenizer}
@@ -87,14 +88,11 @@ def chain_caption_through_boxes(model, conditions: Mapping[str, object], specs: 
     writes boxes and the text tokenizer's box classes are world shapes. ``result.state``, and any target decoded
     after the caption, keep the plain decode's caption. Returns whether the caption was replaced."""
     images = [n for n in conditions if modalities.get(n).kind == "pixels" and n.split("@")[0] == "rgb"]
-    dets = [n for n in model.decoder_embeddings if n.split("@")[0] == "det"]
     captions = [s for s in specs if s.name.split("@")[0] == "caption" and abs(s.temperature) < ZERO_TEMPERATURE
                 and s.guidance == 1.0]
-    if len(conditions) != 1 or not images or not dets or not captions or text_tokenizer is None:
+    if len(conditions) != 1 or not images or not captions or not boxes_chain_applies(model, text_tokenizer):
         return False
-    classes = getattr(text_tokenizer, "class_names", None)
-    if not classes or set(classes) - set(SHAPES):
-        return False  # boxes of other classes than the world's shapes: not a world caption
+    dets = [n for n in model.decoder_embeddings if n.split("@")[0] == "det"]
     name = captions[0].name
     texts, _ = caption_through_boxes(model, conditions, name, dets[0], text_tokenizer=text_tokenizer,
                                      tokenizers=image_tokenizers, seed=seed)
@@ -103,6 +101,15 @@ def chain_caption_through_boxes(model, conditions: Mapping[str, object], specs: 
     result.tokens[name] = ids
     result.scores[name] = [[None] * len(row) for row in ids]
     return True
+
+
+def boxes_chain_applies(model, text_tokenizer) -> bool:
+    """Whether ``model``'s world captions can be decoded through its own boxes: it has a det target and
+    ``text_tokenizer`` (which writes its boxes) names world shapes only (:data:`open4m.data.world.config.SHAPES`)."""
+    if text_tokenizer is None or not any(n.split("@")[0] == "det" for n in model.decoder_embeddings):
+        return False
+    classes = getattr(text_tokenizer, "class_names", None)
+    return bool(classes) and not set(classes) - set(SHAPES)
 
 
 def boxes_left_to_right(boxes: Sequence[Mapping]) -> list[str]:
@@ -162,6 +169,7 @@ class ShapesFromBoxes:
                 self.attribute_ids[word] = ids[0]
         self.relation_ids = {word: ids[0] for word in RELATION_WORDS
                              if len(ids := text_tokenizer.encode(word)) == 1}  # one token each, as attributes
+        self.stop_ids = [ids[0] for word in (".",) if len(ids := text_tokenizer.encode(word)) == 1]
         rows = [_left_to_right(row) for row in boxes]
         self.ordered = [[str(b["class"]) for b in row] for row in rows]
         self.bottoms = [[float(b["box"][3]) for b in row] for row in rows]  # image y grows downward: nearer
@@ -177,6 +185,8 @@ class ShapesFromBoxes:
         allowed = self.allowed_shapes(prompt, words)
         banned = [] if allowed is None else [i for shape, i in self.shape_ids.items() if shape not in allowed]
         banned += [self.attribute_ids[w] for w in self.banned_attributes(prompt, words)]
+        if self.in_open_phrase(prompt, words):
+            banned += self.stop_ids
         return banned + [self.relation_ids[w] for w in self.banned_relation_words(prompt, words)
                          if w in self.relation_ids]
 
@@ -221,11 +231,27 @@ class ShapesFromBoxes:
         listed = _listed(done, self.shape_ids)
         stated = _stated(sentence)
         named = self._relation_objects(prompt, listed, sentence, done)
-        fitting = [attrs for _, attrs in named if _fits(attrs, stated)]
+        fitting = [(shape, attrs) for shape, attrs in named if _fits(attrs, stated)]
         if not fitting:
             return []
+        last = max((PHRASE_ORDER.index(kind) for kind in stated), default=-1)
+        full = [(shape, attrs) for shape, attrs in listed if attrs]
         return [w for w, kind in ATTRIBUTE_WORDS.items() if w in self.attribute_ids and (
-            kind in stated or not any(attrs.get(kind) == w for attrs in fitting))]  # each kind is said once
+            PHRASE_ORDER.index(kind) <= last  # each kind once, in the world's order (size, colour, material)
+            or not any(attrs.get(kind) == w and _nameable(full, shape, attrs, {**stated, kind: w})
+                       for shape, attrs in fitting))]
+
+    def in_open_phrase(self, prompt: int, words: list[str]) -> bool:
+        """Whether ``words`` end inside a relation's noun phrase ("the" and attribute words, no shape yet) that
+        fits a listed object: the sentence may not end there (the phrase names no object yet)."""
+        if not self.ordered[prompt]:
+            return False
+        done, sentence = _split(words)
+        if not _is_relation(sentence, self.shape_ids) or not (sentence[-1] == "the" or sentence[-1] in ATTRIBUTE_WORDS):
+            return False
+        stated = _stated(sentence)
+        named = self._relation_objects(prompt, _listed(done, self.shape_ids), sentence, done)
+        return any(_fits(attrs, stated) for _, attrs in named)
 
     def banned_relation_words(self, prompt: int, words: list[str]) -> list[str]:
         """Where a relation sentence names its kind (after ``"the <object> is"`` and ``"is to the"``), the words
@@ -347,6 +373,19 @@ def _names_one(listed: list[tuple[str, dict[str, str] | None]], shape: str, stat
     return len(fits) <= 1 or all(attrs == fits[0] for attrs in fits)
 
 
+def _nameable(full: list[tuple[str, dict]], shape: str, attrs: Mapping[str, str], stated: Mapping[str, str]) -> bool:
+    """Whether a relation's noun phrase that has stated ``stated`` can still go on to name the listed object
+    ``(shape, attrs)`` alone: the attribute kinds after the last stated one (in :data:`PHRASE_ORDER`) and the
+    shape tell it apart from every other object of ``full`` that fits ``stated`` (identical twins aside)."""
+    last = max((PHRASE_ORDER.index(kind) for kind in stated), default=-1)
+    later = PHRASE_ORDER[last + 1:]
+    for other_shape, other in full:
+        if other_shape == shape and _fits(other, stated) and other != attrs and all(
+                other.get(kind) == attrs.get(kind) for kind in later):
+            return False
+    return True
+
+
 def _one_listed(full: list[tuple[str, dict]], phrase: list[str]) -> int | None:
     """The index in ``full`` of the one listed object the noun phrase ``phrase`` (``["the", "red", "cube"]``)
     names, None when it names none or several."""
@@ -414,5 +453,5 @@ def _list_items(sentence: list[str], shapes: Collection[str]) -> list[tuple[str,
     return items
 
 
-__all__ = ["RELATION_WORDS", "ShapesFromBoxes", "boxes_left_to_right", "caption_through_boxes",
+__all__ = ["RELATION_WORDS", "ShapesFromBoxes", "boxes_chain_applies", "boxes_left_to_right", "caption_through_boxes",
            "chain_caption_through_boxes", "classes_by_vote", "groups_left_to_right"]
