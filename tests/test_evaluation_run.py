@@ -367,6 +367,19 @@ def fake_results(value, skipped=None):
                          "higher_is_better": True, "description": "m"}]}
 
 
+def test_report_says_how_the_captions_were_decoded(tmp_path):
+    results = fake_results(0.1)
+    assert "caption" not in (write_report(results, tmp_path / "none") / "metrics.md").read_text()  # no caption task
+    results["metrics"].append({"task": "rgb->caption", "metric": "count_acc", "model": 0.9, "ceiling": 1.0,
+                               "higher_is_better": True, "description": "c"})
+    text = (write_report(results, tmp_path / "plain") / "metrics.md").read_text()
+    assert "the model's caption of the image (not chained through its boxes)" in text
+    results["settings"].update(caption_count_from_boxes=True, caption_shapes_from_boxes=True)
+    text = (write_report(results, tmp_path / "chained") / "metrics.md").read_text()
+    assert ("chained through the model's own boxes: their count opens each caption, their shapes name its "
+            "objects.") in text
+
+
 def test_report_files_table_and_overwrite_refusal(tmp_path):
     results, baseline = fake_results(0.1, {"rgb->det": "the model does not generate det@64"}), fake_results(0.5)
     out = write_report(results, tmp_path / "report", baseline=baseline)

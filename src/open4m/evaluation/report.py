@@ -39,13 +39,27 @@ def format_table(results: dict, baseline: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _caption_chain(results: dict) -> str:
+    """How RGB -> caption was decoded, when it ran: through the model's own boxes or from the image alone."""
+    if not any(row["task"] == "rgb->caption" for row in results["metrics"]):
+        return ""
+    s = results["settings"]
+    chains = [what for key, what in (("caption_count_from_boxes", "their count opens each caption"),
+                                     ("caption_shapes_from_boxes", "their shapes name its objects"),
+                                     ("caption_given_boxes", "they are a condition of the caption decoder"))
+              if s.get(key)]
+    if not chains:
+        return "RGB → caption: the model's caption of the image (not chained through its boxes). "
+    return f"RGB → caption chained through the model's own boxes: {', '.join(chains)}. "
+
+
 def _markdown(results: dict, baseline: dict | None) -> str:
     s = results["settings"]
     return (
         f"# Evaluation on {results['num_scenes']} held-out world scenes\n\n"
         f"Generation: MaskGIT {s['steps']} steps for images, autoregressive for sequences, temperature "
         f"{s['temperature']}, seed {s['seed']}; RGB input `{results['model']['rgb_input']}`. "
-        f"{results['seconds']['total']:.1f} s.\n\n"
+        f"{_caption_chain(results)}{results['seconds']['total']:.1f} s.\n\n"
         "The tokenizer ceiling is the metric of the ground truth passed through its tokenizer "
         "(tokenize → detokenize); for X → RGB it is the model's own judge on the RGB tokenizer's "
         "reconstruction of the true image. ↑ higher is better, ↓ lower is better.\n\n"
