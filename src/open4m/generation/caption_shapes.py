@@ -15,7 +15,8 @@ shape word but the one the boxes put there:
   (``"the red ..."``: an object the list calls red; else one with its colour; else any shape among the boxes),
   and the attribute words of a relation's noun phrase keep to those of some object the list names in full;
 - a relation's noun phrase names one listed object (a shape word that would fit two waits for an attribute that
-  tells them apart) and states each attribute kind once;
+  tells them apart), states each attribute kind once and in the world's order (size, colour, material), takes no
+  attribute after which it could no longer name one listed object, and does not end before its shape;
 - the second object of a relation whose first names one listed object lies on the side the relation says
   ("left of": later in the list, "right of": earlier; "in front of": its box ends higher in the image than the
   first's, "behind": lower, the k-th listed object having the k-th box from the left), is never the first, and
