@@ -11,7 +11,7 @@ the rest: ``open4m eval --caption-count-from-boxes`` opens each world caption wi
 boxes this way (shipped v8, nine views: count 0.827 -> 0.908; v7: 0.824 -> 0.892). ``banned`` keeps the model from
 writing given tokens at given places: ``open4m eval --caption-shapes-from-boxes`` keeps a world caption's shape words
 to the model's own boxes this way (:mod:`open4m.generation.caption_shapes`; v8, nine views, with the count as well:
-colour and shape together 0.760 -> 0.866, shape 0.932 -> 0.956, relations 0.261 -> 0.633). Both are
+colour and shape together 0.760 -> 0.864, shape 0.932 -> 0.957, relations 0.261 -> 0.627). Both are
 ``open4m eval``'s default for a model with boxes of world shapes.
 
 On the shipped world model (v8, 1,000 val scenes, greedy, `open4m eval --tasks rgb->caption`), the image alone

@@ -203,7 +203,7 @@ def generate_to_png(
     ``steps`` / ``temperature`` :func:`default_decoding`. A world caption predicted from an RGB image alone (greedy,
     unguided: the defaults) is decoded through the model's own boxes as ``open4m eval`` scores it by default
     (:func:`open4m.generation.caption_shapes.caption_through_boxes`; the shipped model, 1,000 val scenes: count
-    0.91, colour and shape together 0.87) unless ``plain_caption``, which
+    0.91, colour and shape together 0.86) unless ``plain_caption``, which
     keeps the caption of the plain chained decode."""
     from open4m.model import from_pretrained
     from open4m.runtime import tune_cpu
