@@ -181,7 +181,8 @@ class ShapesFromBoxes:
 
     def __call__(self, prompt: int, ids: list[int]) -> list[int]:
         """The ids prompt ``prompt`` may not write after ``ids`` (its caption so far): shapes the boxes rule
-        out and, inside a relation's noun phrase, attribute words no listed object has; [] elsewhere."""
+        out; inside a relation's noun phrase, the attribute words :meth:`banned_attributes` rules out and the
+        full stop before its shape; the relation words of kinds with no object left; [] elsewhere."""
         words = self._words(ids)
         allowed = self.allowed_shapes(prompt, words)
         banned = [] if allowed is None else [i for shape, i in self.shape_ids.items() if shape not in allowed]
@@ -221,20 +222,14 @@ class ShapesFromBoxes:
 
     def banned_attributes(self, prompt: int, words: list[str]) -> list[str]:
         """Inside a relation's noun phrase (after "the" and attribute words), the attribute words that would
-        make it name no object of the caption's full list (a relation names listed objects) or repeat a kind
-        the phrase has stated. [] elsewhere, when the list names no object in full, or when the phrase already
-        fits none (the model's own choice)."""
-        if not self.ordered[prompt]:
+        make it name no object of the caption's full list (a relation names listed objects), state a kind the
+        phrase has stated or one that comes before it (size, colour, material), or leave it unable to name one
+        listed object (:func:`_nameable`). [] elsewhere, when the list names no object in full, or when the
+        phrase already fits none (the model's own choice)."""
+        phrase = self._open_phrase(prompt, words)
+        if phrase is None:
             return []
-        done, sentence = _split(words)
-        if not _is_relation(sentence, self.shape_ids) or not (sentence[-1] == "the" or sentence[-1] in ATTRIBUTE_WORDS):
-            return []
-        listed = _listed(done, self.shape_ids)
-        stated = _stated(sentence)
-        named = self._relation_objects(prompt, listed, sentence, done)
-        fitting = [(shape, attrs) for shape, attrs in named if _fits(attrs, stated)]
-        if not fitting:
-            return []
+        listed, stated, fitting = phrase
         last = max((PHRASE_ORDER.index(kind) for kind in stated), default=-1)
         full = [(shape, attrs) for shape, attrs in listed if attrs]
         return [w for w, kind in ATTRIBUTE_WORDS.items() if w in self.attribute_ids and (
@@ -245,14 +240,21 @@ class ShapesFromBoxes:
     def in_open_phrase(self, prompt: int, words: list[str]) -> bool:
         """Whether ``words`` end inside a relation's noun phrase ("the" and attribute words, no shape yet) that
         fits a listed object: the sentence may not end there (the phrase names no object yet)."""
+        return self._open_phrase(prompt, words) is not None
+
+    def _open_phrase(self, prompt: int, words: list[str]):
+        """``(listed items, attributes stated, listed objects the phrase fits)`` when ``words`` end inside a
+        relation's noun phrase that fits an object of the full list; None elsewhere."""
         if not self.ordered[prompt]:
-            return False
+            return None
         done, sentence = _split(words)
         if not _is_relation(sentence, self.shape_ids) or not (sentence[-1] == "the" or sentence[-1] in ATTRIBUTE_WORDS):
-            return False
+            return None
+        listed = _listed(done, self.shape_ids)
         stated = _stated(sentence)
-        named = self._relation_objects(prompt, _listed(done, self.shape_ids), sentence, done)
-        return any(_fits(attrs, stated) for _, attrs in named)
+        fitting = [(shape, attrs) for shape, attrs in self._relation_objects(prompt, listed, sentence, done)
+                   if _fits(attrs, stated)]
+        return (listed, stated, fitting) if fitting else None
 
     def banned_relation_words(self, prompt: int, words: list[str]) -> list[str]:
         """Where a relation sentence names its kind (after ``"the <object> is"`` and ``"is to the"``), the words
