@@ -186,8 +186,9 @@ class ShapesFromBoxes:
         words = self._words(ids)
         allowed = self.allowed_shapes(prompt, words)
         banned = [] if allowed is None else [i for shape, i in self.shape_ids.items() if shape not in allowed]
-        banned += [self.attribute_ids[w] for w in self.banned_attributes(prompt, words)]
-        if self.in_open_phrase(prompt, words):
+        phrase = self._open_phrase(prompt, words)  # read once for the attribute words and the full stop
+        banned += [self.attribute_ids[w] for w in self._attributes_banned_in(phrase)]
+        if phrase is not None:
             banned += self.stop_ids
         return banned + [self.relation_ids[w] for w in self.banned_relation_words(prompt, words)
                          if w in self.relation_ids]
@@ -226,7 +227,10 @@ class ShapesFromBoxes:
         phrase has stated or one that comes before it (size, colour, material), or leave it unable to name one
         listed object (:func:`_nameable`). [] elsewhere, when the list names no object in full, or when the
         phrase already fits none (the model's own choice)."""
-        phrase = self._open_phrase(prompt, words)
+        return self._attributes_banned_in(self._open_phrase(prompt, words))
+
+    def _attributes_banned_in(self, phrase) -> list[str]:
+        """:meth:`banned_attributes` of an open phrase as :meth:`_open_phrase` reads it (None: [])."""
         if phrase is None:
             return []
         listed, stated, fitting = phrase
