@@ -234,7 +234,7 @@ class ShapesFromBoxes:
         if phrase is None:
             return []
         listed, stated, fitting = phrase
-        last = max((PHRASE_ORDER.index(kind) for kind in stated), default=-1)
+        last = _last_kind(stated)
         full = [(shape, attrs) for shape, attrs in listed if attrs]
         return [w for w, kind in ATTRIBUTE_WORDS.items() if w in self.attribute_ids and (
             PHRASE_ORDER.index(kind) <= last  # each kind once, in the world's order (size, colour, material)
@@ -380,11 +380,16 @@ def _names_one(listed: list[tuple[str, dict[str, str] | None]], shape: str, stat
     return len(fits) <= 1 or all(attrs == fits[0] for attrs in fits)
 
 
+def _last_kind(stated: Mapping[str, str]) -> int:
+    """The place in :data:`PHRASE_ORDER` of the last attribute kind a noun phrase has stated (-1: none)."""
+    return max((PHRASE_ORDER.index(kind) for kind in stated), default=-1)
+
+
 def _nameable(full: list[tuple[str, dict]], shape: str, attrs: Mapping[str, str], stated: Mapping[str, str]) -> bool:
     """Whether a relation's noun phrase that has stated ``stated`` can still go on to name the listed object
     ``(shape, attrs)`` alone: the attribute kinds after the last stated one (in :data:`PHRASE_ORDER`) and the
     shape tell it apart from every other object of ``full`` that fits ``stated`` (identical twins aside)."""
-    last = max((PHRASE_ORDER.index(kind) for kind in stated), default=-1)
+    last = _last_kind(stated)
     later = PHRASE_ORDER[last + 1:]
     for other_shape, other in full:
         if other_shape == shape and _fits(other, stated) and other != attrs and all(
